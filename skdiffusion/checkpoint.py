@@ -1,0 +1,91 @@
+"""Checkpoint I/O: resumable training state, and shipped models as safetensors + JSON.
+
+A model directory holds ``model.safetensors`` (weights only: loading runs no code) and
+``config.json`` (the configuration that rebuilds the network, plus a training summary).
+"""
+
+import json
+import os
+import tempfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def _atomic(path, write):
+    """Write through a temporary file in the same directory, then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_training_state(path, model, optimizer, generator, step, history):
+    """Everything needed to resume: weights, optimizer, step, RNG state, loss history."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "step": step,
+             "history": [list(h) for h in history]}
+    _atomic(path, lambda p: torch.save(state, open(p, "wb")))
+
+
+def load_training_state(path, model, optimizer, generator, rank=0):
+    """Restore a :func:`save_training_state` file; returns (step, history).
+
+    Rank 0 restores its task generator exactly; other ranks reseed from the step.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if rank == 0:
+        generator.set_state(state["generator"])
+    else:
+        generator.manual_seed(generator.initial_seed() * 7919 + state["step"])
+    return state["step"], [tuple(h) for h in state["history"]]
+
+
+def save_model(directory, model, config, summary=None):
+    """Write weights (safetensors) and ``{"config": ..., "summary": ...}`` (JSON)."""
+    os.makedirs(directory, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic(os.path.join(directory, WEIGHTS), lambda p: save_file(tensors, p))
+    text = json.dumps({"config": config, "summary": summary or {}}, indent=2, sort_keys=True)
+    _atomic(os.path.join(directory, CONFIG), lambda p: open(p, "w").write(text + "\n"))
+
+
+def read_config(directory):
+    """The ``config.json`` of a model directory, with a clear error if it is unreadable."""
+    path = os.path.join(directory, CONFIG)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read model configuration {path}: {e}") from e
+
+
+def load_weights(directory, model):
+    """Load ``model.safetensors`` into ``model``, checking names and shapes."""
+    path = os.path.join(directory, WEIGHTS)
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"cannot read weights {path} (missing, truncated or corrupted): {e}") from e
+    expected = model.state_dict()
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise ValueError(f"weights {path} do not match the model: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"weights {path}: {name} has shape {tuple(tensor.shape)}, "
+                             f"model expects {tuple(expected[name].shape)}")
+    model.load_state_dict(tensors)
+    return model

@@ -1,0 +1,96 @@
+"""Meta-trained denoisers, looked up by configuration: memory, shipped, disk, or train.
+
+Meta-training depends only on the configuration (prior, architecture, diffusion and
+training settings, seed), never on a user's data, so a trained denoiser is cached under
+a hash of exactly that configuration: in memory for the process, inside the package for
+shipped models, and on disk under ``$SKDIFFUSION_CACHE`` (default ``~/.cache/skdiffusion``).
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import torch
+
+from .checkpoint import CONFIG, WEIGHTS, load_weights, read_config, save_model
+from .denoiser import SetDenoiser
+from .diffusion import NoiseSchedule
+from .priors import make_prior
+from .training import TrainConfig, train
+
+SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "weights")
+_MEMORY = {}
+
+
+def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_head=4,
+              timesteps=100, schedule="cosine", prediction_type="v", train=None):
+    """Canonical, JSON-able configuration of a meta-trained denoiser."""
+    cfg = TrainConfig(**(train or {}))
+    spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
+            "n_embd": int(n_embd), "n_head": int(n_head), "timesteps": int(timesteps),
+            "schedule": schedule, "prediction_type": prediction_type, "train": cfg.to_dict()}
+    return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
+
+
+def spec_key(spec):
+    """Stable hash of a spec: the cache key."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build(spec):
+    """Fresh (untrained) denoiser and its noise schedule; init seeded by the spec."""
+    with torch.random.fork_rng():
+        torch.manual_seed(spec["train"]["seed"])
+        model = SetDenoiser(spec["max_features"], spec["n_layer"], spec["n_embd"], spec["n_head"])
+    return model.eval(), NoiseSchedule(spec["timesteps"], spec["schedule"])
+
+
+def _prior(spec):
+    p = spec["prior"]
+    return make_prior(p if isinstance(p, str) or isinstance(p, dict) else tuple(p))
+
+
+def cache_dir():
+    return os.environ.get("SKDIFFUSION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "skdiffusion")
+
+
+def load(directory, spec=None):
+    """Load a model directory; if ``spec`` is given it must match the stored one."""
+    stored = read_config(directory).get("config")
+    if not isinstance(stored, dict):
+        raise ValueError(f"{directory}/{CONFIG} has no 'config' entry")
+    if spec is not None and stored != spec:
+        raise ValueError(f"model in {directory} was trained with a different configuration")
+    model, schedule = build(stored)
+    return load_weights(directory, model), schedule
+
+
+def pretrain(spec, out_dir, verbose=1, callback=None, command=None):
+    """Meta-train ``spec`` into ``out_dir`` (resuming from its training checkpoint)."""
+    model, schedule = build(spec)
+    os.makedirs(out_dir, exist_ok=True)
+    state = os.path.join(out_dir, "train_state.pt")
+    t0 = time.time()
+    cfg = TrainConfig(**spec["train"])
+    history = train(model, schedule, _prior(spec), cfg, spec["prediction_type"],
+                    checkpoint_path=state, verbose=verbose,
+                    checkpoint_every=max(1, min(1000, cfg.n_steps)), callback=callback)
+    summary = {"steps": cfg.n_steps, "final_loss": history[-1][1] if history else None,
+               "seconds_this_run": round(time.time() - t0, 1), "command": command}
+    save_model(out_dir, model, spec, summary)
+    return model, schedule
+
+
+def get_denoiser(spec, verbose=0):
+    """The trained denoiser for ``spec``: from memory, the package, disk, or by training."""
+    key = spec_key(spec)
+    if key not in _MEMORY:
+        for directory in (os.path.join(SHIPPED_DIR, key), os.path.join(cache_dir(), key)):
+            if os.path.exists(os.path.join(directory, WEIGHTS)):
+                _MEMORY[key] = load(directory, spec)
+                break
+        else:
+            _MEMORY[key] = pretrain(spec, os.path.join(cache_dir(), key), verbose)
+    return _MEMORY[key]

@@ -1,0 +1,131 @@
+"""Meta-training loop (nanoGPT-style): AdamW, warm-up + cosine decay, clipping, resume.
+
+Runs single-process by default; under ``torchrun`` (``torch.distributed`` initialized)
+the model is wrapped in DistributedDataParallel, each rank draws its own tasks and only
+rank 0 writes checkpoints and shows progress.
+"""
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .checkpoint import load_training_state, save_training_state
+from .priors import sample_tasks
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training settings (all plain values, so they hash and serialize)."""
+
+    n_steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    n_points: int = 48           # tokens per task: k context + the rest as targets
+    max_context: int | None = None
+    min_features: int = 1
+    n_features: int | None = None  # largest d drawn; None -> max_features
+    huber_delta: float = 3.0     # loss cap for the heavy tails of tiny contexts
+    curriculum_steps: int = 0    # ramp d and n up over this many steps (0: off)
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def lr_at(step, cfg):
+    """Linear warm-up then cosine decay to ``min_lr_ratio * learning_rate``."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.n_steps - cfg.warmup_steps)
+    ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.learning_rate * ratio
+
+
+def curriculum(step, cfg, max_features):
+    """(largest d, n_points) at ``step``: grows linearly from small tasks (Garg et al.)."""
+    d_max = cfg.n_features or max_features
+    if cfg.curriculum_steps <= 0 or step >= cfg.curriculum_steps:
+        return d_max, cfg.n_points
+    frac = step / cfg.curriculum_steps
+    d = max(cfg.min_features, round(1 + frac * (d_max - 1)))
+    n = max(8, round(cfg.n_points * (0.25 + 0.75 * frac)))
+    return d, n
+
+
+def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_delta):
+    """Loss on target tokens only: each target gets its own t and eps."""
+    is_target = ~batch.is_context
+    T = schedule.timesteps
+    t = torch.randint(1, T + 1, batch.y.shape, generator=generator)
+    eps = torch.randn(batch.y.shape, generator=generator)
+    y_t = schedule.q_sample(batch.y, t, eps)
+    y_in = torch.where(batch.is_context, batch.y, y_t)
+    pred = model(batch.x, y_in, batch.is_context, t)
+    target = schedule.target(batch.y, eps, t, prediction_type)
+    err = torch.nn.functional.huber_loss(pred, target, reduction="none", delta=huber_delta)
+    return (err * is_target).sum() / is_target.sum().clamp(min=1)
+
+
+def _rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None,
+          checkpoint_every=500, verbose=1, callback=None):
+    """Meta-train ``model`` in place; resumes from ``checkpoint_path`` if it exists.
+
+    ``callback(step, model)`` runs on rank 0 every ``checkpoint_every`` steps (e.g. a
+    benchmark for a learning curve). Returns the list of (step, loss) logged.
+    """
+    rank = _rank()
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
+                            weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    step, history = 0, []
+    if checkpoint_path and os.path.exists(checkpoint_path):
+        step, history = load_training_state(checkpoint_path, model, opt, g, rank)
+    net = DistributedDataParallel(model) if dist.is_available() and dist.is_initialized() else model
+    model.train()
+    bar = tqdm(total=cfg.n_steps, initial=step, disable=verbose == 0 or rank != 0,
+               desc="meta-training", dynamic_ncols=True)
+    running = None
+    while step < cfg.n_steps:
+        d, n = curriculum(step, cfg, model.max_features)
+        batch = sample_tasks(prior, cfg.batch_size, n, model.max_features, g,
+                             min(cfg.min_features, d), d, cfg.max_context)
+        loss = diffusion_loss(net, schedule, batch, prediction_type, g, cfg.huber_delta)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; "
+                                     "lower learning_rate or check the prior")
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == cfg.n_steps:
+            history.append((step, running))
+            bar.set_postfix(loss=f"{running:.4f}")
+        bar.update(1)
+        if rank == 0 and (step % checkpoint_every == 0 or step == cfg.n_steps):
+            if checkpoint_path:
+                save_training_state(checkpoint_path, model, opt, g, step, history)
+            if callback is not None:
+                model.eval()
+                callback(step, model)
+                model.train()
+    bar.close()
+    model.eval()
+    return history
