@@ -25,6 +25,8 @@ def _parser():
     t.add_argument("--schedule", default="cosine", choices=["cosine", "linear"], help="noise schedule")
     t.add_argument("--prediction-type", default="v", choices=["epsilon", "v", "sample"],
                    help="what the network predicts")
+    t.add_argument("--no-linear-features", action="store_true",
+                   help="pure transformer: no closed-form ridge features in the tokens")
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=64, help="tasks per step")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -60,7 +62,7 @@ def main(argv=None):
         return 0
     spec = make_spec(
         _prior_arg(args.prior), args.max_features, args.n_layer, args.n_embd, args.n_head,
-        args.timesteps, args.schedule, args.prediction_type,
+        args.timesteps, args.schedule, args.prediction_type, not args.no_linear_features,
         train=dict(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                    warmup_steps=args.warmup, n_points=args.n_points, max_context=args.max_context,
                    min_features=args.min_features, curriculum_steps=args.curriculum_steps,

@@ -5,6 +5,13 @@ hold clean y; target tokens hold the noisy y_t and get a time embedding added. T
 attention mask lets every token see all context tokens and itself, nothing else, and all
 position ids are 0, so outputs are invariant to the order of the context and each target
 is independent of the other targets.
+
+With ``linear_features=True`` every token also carries closed-form in-context features:
+the predictions at its x of two ridge regressions fitted to the context (light and
+strong shrinkage) and the leverage of x under the light one. They are a fixed inductive
+bias (no parameters), computed from the context alone, so every invariance above still
+holds; the transformer learns how far to trust them, how noisy the task is (from the
+context residuals) and everything non-linear.
 """
 
 import math
@@ -29,6 +36,26 @@ def attention_mask(is_context):
     return (is_context[:, None, :] | eye[None]).unsqueeze(1)
 
 
+RIDGE_LAMBDAS = (0.01, 1.0)  # times the context size, on standardized data
+
+
+def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS):
+    """(B, N, len(lambdas) + 1): ridge predictions of y at each x from the context, and
+    log(1 + leverage) under the first lambda. Zero features with no context."""
+    w = is_context.to(x.dtype)[..., None]
+    k = w.sum(dim=1, keepdim=True).clamp(min=1)                      # (B, 1, 1)
+    gram = (x * w).transpose(1, 2) @ x                                # (B, F, F)
+    rhs = (x * w).transpose(1, 2) @ y[..., None]                      # (B, F, 1)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    feats = []
+    for i, lam in enumerate(lambdas):
+        a = gram + lam * k * eye
+        feats.append((x @ torch.linalg.solve(a, rhs))[..., 0])
+        if i == 0:
+            lev = (x * torch.linalg.solve(a, x.transpose(1, 2)).transpose(1, 2)).sum(-1)
+    return torch.stack(feats + [torch.log1p(lev.clamp(min=0))], dim=-1)
+
+
 def mlp(d_in, d_hidden, d_out):
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
@@ -39,15 +66,17 @@ class SetDenoiser(nn.Module):
     Parameters mirror ``GPT2Config``; ``max_features`` fixes the width of x.
     """
 
-    def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4):
+    def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_features=True):
         super().__init__()
         self.max_features, self.n_embd = max_features, n_embd
+        self.linear_features = linear_features
+        n_extra = len(RIDGE_LAMBDAS) + 1 if linear_features else 0
         config = GPT2Config(
             vocab_size=1, n_positions=1, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             bos_token_id=0, eos_token_id=0, pad_token_id=0,
         )
-        self.read_in = mlp(max_features + 2, 2 * n_embd, n_embd)
+        self.read_in = mlp(max_features + 2 + n_extra, 2 * n_embd, n_embd)
         self.time_mlp = mlp(n_embd, 2 * n_embd, n_embd)
         self.backbone = GPT2Model(config)
         self.read_out = nn.Linear(n_embd, 1)
@@ -57,7 +86,10 @@ class SetDenoiser(nn.Module):
         if x.shape[-1] != self.max_features:
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
         flag = is_context.to(x.dtype)
-        h = self.read_in(torch.cat([x, y[..., None], flag[..., None]], dim=-1))
+        tokens = [x, y[..., None], flag[..., None]]
+        if self.linear_features:
+            tokens.append(ridge_features(x, y, is_context))
+        h = self.read_in(torch.cat(tokens, dim=-1))
         time = self.time_mlp(sinusoidal_embedding(t, self.n_embd).to(x.dtype))
         h = h + (1.0 - flag)[..., None] * time
         position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 PREDICTION_TYPES = ("epsilon", "v", "sample")
 SCHEDULES = ("cosine", "linear")
@@ -107,14 +108,16 @@ def draw_noise(n_draws, shape, generator, dtype=torch.float32, device="cpu"):
 
 
 @torch.no_grad()
-def ddpm_sample(denoise, schedule, noise, prediction_type="v", variance="beta_tilde"):
+def ddpm_sample(denoise, schedule, noise, prediction_type="v", variance="beta_tilde",
+                progress=False):
     """Ancestral DDPM over all T steps.
 
     ``noise`` has shape (T + 1, *shape): ``noise[0]`` is y_T, ``noise[i]`` the step noise.
     No noise is added at the last step.
     """
     y = noise[0]
-    for i, t in enumerate(range(schedule.timesteps, 0, -1), start=1):
+    steps = range(schedule.timesteps, 0, -1)
+    for i, t in enumerate(tqdm(steps, desc="DDPM", disable=not progress), start=1):
         y0, _ = schedule.to_y0_eps(denoise(y, t), y, t, prediction_type)
         mean, var = schedule.posterior(y0, y, t, variance)
         y = mean + math.sqrt(var) * noise[i] if t > 1 else mean
@@ -122,13 +125,14 @@ def ddpm_sample(denoise, schedule, noise, prediction_type="v", variance="beta_ti
 
 
 @torch.no_grad()
-def ddim_sample(denoise, schedule, noise, n_steps, eta=0.0, prediction_type="v"):
+def ddim_sample(denoise, schedule, noise, n_steps, eta=0.0, prediction_type="v",
+                progress=False):
     """DDIM over ``n_steps`` trailing timesteps; ``noise`` has shape (n_steps + 1, *shape)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     steps = ddim_timesteps(schedule.timesteps, n_steps)
     y = noise[0]
-    for i, t in enumerate(steps, start=1):
+    for i, t in enumerate(tqdm(steps, desc="DDIM", disable=not progress), start=1):
         t_prev = steps[i] if i < len(steps) else 0
         ab, ab_prev = schedule.abar[t].item(), schedule.abar[t_prev].item()
         y0, eps = schedule.to_y0_eps(denoise(y, t), y, t, prediction_type)
@@ -140,10 +144,10 @@ def ddim_sample(denoise, schedule, noise, n_steps, eta=0.0, prediction_type="v")
 
 
 def sample(denoise, schedule, noise, sampler="ddim", n_steps=25, eta=0.0,
-           prediction_type="v", variance="beta_tilde"):
+           prediction_type="v", variance="beta_tilde", progress=False):
     """Dispatch to :func:`ddpm_sample` or :func:`ddim_sample`."""
     if sampler == "ddpm":
-        return ddpm_sample(denoise, schedule, noise, prediction_type, variance)
+        return ddpm_sample(denoise, schedule, noise, prediction_type, variance, progress)
     if sampler == "ddim":
-        return ddim_sample(denoise, schedule, noise, n_steps, eta, prediction_type)
+        return ddim_sample(denoise, schedule, noise, n_steps, eta, prediction_type, progress)
     raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")

@@ -37,14 +37,15 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=2048):
 @torch.no_grad()
 def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm",
                         n_steps=None, eta=0.0, prediction_type="v", variance="beta",
-                        chunk_size=2048):
+                        chunk_size=2048, progress=False):
     """Samples (n_queries, n_samples) of standardized y at standardized ``x_q``.
 
     ``noise`` has shape (n_draws, n_queries, n_samples); see :func:`noise_shape`.
     """
     x_ctx, x_q = pad_features(x_ctx, model.max_features), pad_features(x_q, model.max_features)
     denoise = make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size)
-    return sample(denoise, schedule, noise, sampler, n_steps, eta, prediction_type, variance)
+    return sample(denoise, schedule, noise, sampler, n_steps, eta, prediction_type, variance,
+                  progress)
 
 
 @torch.no_grad()

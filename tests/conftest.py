@@ -1,0 +1,23 @@
+import os
+import tempfile
+
+# scikit-learn's array-API check (NumPy namespace) runs only when SciPy is imported with
+# this set; set it before anything imports SciPy so that no check is skipped.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import pytest  # noqa: E402
+
+# A configuration small enough to meta-train in CI in about a minute; every test that
+# uses it shares one trained denoiser through the in-memory cache.
+TINY = dict(max_features=10, max_context=64, n_layer=2, n_embd=32, n_head=2, timesteps=20,
+            n_train_steps=1000, batch_size=32, sampler="ddim", n_sampling_steps=5,
+            n_samples=16)
+
+
+def pytest_configure(config):
+    os.environ.setdefault("SKDIFFUSION_CACHE", tempfile.mkdtemp(prefix="skdiffusion-test-"))
+
+
+@pytest.fixture
+def tiny():
+    return dict(TINY)

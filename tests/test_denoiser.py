@@ -1,0 +1,87 @@
+"""The set denoiser's invariances: targets independent, context order irrelevant."""
+
+import pytest
+import torch
+
+from skdiffusion.denoiser import SetDenoiser, attention_mask, pad_features
+from skdiffusion.inference import make_denoise_fn
+
+F, K, M = 6, 7, 5
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SetDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2).eval()
+
+
+def task(seed, k=K, m=M, d=4):
+    g = torch.Generator().manual_seed(seed)
+    x = pad_features(torch.randn(k + m, d, generator=g), F)
+    y = torch.randn(k + m, generator=g)
+    return x, y, torch.arange(k + m) < k, torch.randint(1, 100, (k + m,), generator=g)
+
+
+def forward(model, x, y, is_ctx, t):
+    return model(x[None], y[None], is_ctx[None], t[None])[0]
+
+
+def test_attention_mask_structure():
+    mask = attention_mask(torch.tensor([[True, True, False, False]]))[0, 0]
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+@torch.no_grad()
+def test_target_output_independent_of_other_targets(model):
+    x, y, c, t = task(0)
+    full = forward(model, x, y, c, t)[K:]
+    for j in range(M):  # each target alone with the context
+        keep = torch.cat([torch.arange(K), torch.tensor([K + j])])
+        alone = forward(model, x[keep], y[keep], c[keep], t[keep])[-1]
+        torch.testing.assert_close(alone, full[j], rtol=0, atol=1e-5)
+    perm = torch.cat([torch.arange(K), K + torch.randperm(M, generator=torch.Generator().manual_seed(1))])
+    shuffled = forward(model, x[perm], y[perm], c[perm], t[perm])[K:]
+    torch.testing.assert_close(shuffled, full[perm[K:] - K], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_output_invariant_to_context_permutation(model):
+    x, y, c, t = task(1)
+    full = forward(model, x, y, c, t)[K:]
+    perm = torch.cat([torch.randperm(K, generator=torch.Generator().manual_seed(2)), torch.arange(K, K + M)])
+    torch.testing.assert_close(forward(model, x[perm], y[perm], c[perm], t[perm])[K:], full,
+                               rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_output_depends_on_context_y(model):
+    x, y, c, t = task(2)
+    y2 = y.clone()
+    y2[:K] += 1.0
+    diff = (forward(model, x, y2, c, t)[K:] - forward(model, x, y, c, t)[K:]).abs()
+    assert diff.min() > 1e-4
+
+
+@torch.no_grad()
+def test_zero_padding_is_the_identity(model):
+    g = torch.Generator().manual_seed(3)
+    x_ctx, x_q = torch.randn(K, 3, generator=g), torch.randn(M, 3, generator=g)
+    y_ctx = torch.randn(K, generator=g)
+    y_t = torch.randn(M, 2, generator=g)
+    a = make_denoise_fn(model, pad_features(x_ctx, F), y_ctx, pad_features(x_q, F))(y_t, 40)
+    b = make_denoise_fn(model, torch.cat([x_ctx, torch.zeros(K, F - 3)], 1), y_ctx,
+                        torch.cat([x_q, torch.zeros(M, F - 3)], 1), chunk_size=3)(y_t, 40)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="max_features"):
+        pad_features(torch.zeros(2, F + 1), F)
+
+
+@torch.no_grad()
+def test_chunking_does_not_change_outputs(model):
+    x, y, c, t = task(4, m=0)
+    x_q = pad_features(torch.randn(9, 4, generator=torch.Generator().manual_seed(5)), F)
+    y_t = torch.randn(9, 3, generator=torch.Generator().manual_seed(6))
+    a = make_denoise_fn(model, x, y, x_q, chunk_size=1000)(y_t, 10)
+    b = make_denoise_fn(model, x, y, x_q, chunk_size=4)(y_t, 10)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -1,0 +1,167 @@
+"""End-to-end behaviour of DiffusionICLRegressor through its public API."""
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skdiffusion import DiffusionICLRegressor
+from skdiffusion import pretrained
+
+
+def linear_data(n=80, d=3, noise=0.1, seed=0, scale=1.0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = X @ rng.standard_normal(d) + noise * rng.standard_normal(n)
+    return X, scale * y + offset
+
+
+@pytest.fixture
+def fitted(tiny):
+    X, y = linear_data()
+    return DiffusionICLRegressor(random_state=0, **tiny).fit(X[:60], y[:60]), X, y
+
+
+def test_learns_a_linear_task_in_context(fitted):
+    reg, X, y = fitted
+    assert reg.score(X[60:], y[60:]) > 0.8
+
+
+def test_targets_in_any_units(tiny):
+    """Standardization makes y's units irrelevant: predictions scale with y."""
+    X, y = linear_data(seed=1)
+    a = DiffusionICLRegressor(random_state=0, **tiny).fit(X[:60], y[:60]).predict(X[60:])
+    b = DiffusionICLRegressor(random_state=0, **tiny).fit(X[:60], 1000 * y[:60] + 5).predict(X[60:])
+    np.testing.assert_allclose(b, 1000 * a + 5, rtol=1e-6)
+
+
+def test_return_std_and_sample_shapes(fitted):
+    reg, X, _ = fitted
+    mean, std = reg.predict(X[60:], return_std=True)
+    assert mean.shape == std.shape == (20,) and np.all(std > 0)
+    s = reg.sample(X[60:], n_samples=7)
+    assert s.shape == (20, 7)
+    np.testing.assert_allclose(reg.sample(X[60:], n_samples=16, random_state=0).mean(1), mean)
+
+
+def test_sample_determinism(fitted):
+    reg, X, _ = fitted
+    a = reg.sample(X[60:], n_samples=5, random_state=3)
+    np.testing.assert_array_equal(a, reg.sample(X[60:], n_samples=5, random_state=3))
+    assert not np.allclose(a, reg.sample(X[60:], n_samples=5, random_state=4))
+    np.testing.assert_array_equal(reg.predict(X[60:]), reg.predict(X[60:]))
+
+
+def test_query_independent_of_other_queries(fitted):
+    reg, X, _ = fitted
+    full = reg.sample(X[60:], n_samples=4)
+    part = reg.sample(X[[75, 61]], n_samples=4)
+    np.testing.assert_allclose(part, full[[15, 1]], rtol=1e-12, atol=1e-12)
+
+
+def test_quantiles_monotone(fitted):
+    reg, X, _ = fitted
+    q = reg.predict_quantiles(X[60:], quantiles=(0.05, 0.25, 0.5, 0.75, 0.95))
+    assert q.shape == (20, 5) and np.all(np.diff(q, axis=1) >= 0)
+    with pytest.raises(ValueError, match="quantiles"):
+        reg.predict_quantiles(X[60:], quantiles=(0.5, 1.5))
+
+
+def test_context_override_predicts_another_task(fitted):
+    reg, _, _ = fitted
+    X2, y2 = linear_data(d=2, seed=7, scale=50.0, offset=-3.0)
+    pred = reg.predict(X2[60:], context=(X2[:60], y2[:60]))
+    r2 = 1 - np.mean((pred - y2[60:]) ** 2) / np.var(y2[60:])
+    assert r2 > 0.8
+    with pytest.raises(ValueError, match="features"):
+        reg.predict(X2[60:, :1], context=(X2[:60], y2[:60]))
+    with pytest.raises(ValueError):
+        reg.predict(X2[60:], context=(X2[:60], y2[:50]))
+    with pytest.raises(ValueError, match="pair"):
+        reg.predict(X2[60:], context=X2[:60])
+
+
+def test_large_context_is_split_and_pooled(tiny):
+    X, y = linear_data(n=220, seed=2)
+    reg = DiffusionICLRegressor(random_state=0, **tiny).fit(X[:200], y[:200])
+    assert len(reg._context_subsets(200, np.random.RandomState(0))) == 4  # max_context=64
+    assert reg.score(X[200:], y[200:]) > 0.8
+
+
+def test_input_validation(fitted, tiny):
+    reg, X, y = fitted
+    bad = X[:10].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        reg.predict(bad)
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        DiffusionICLRegressor(**tiny).fit(bad, y[:10])
+    with pytest.raises(ValueError, match="features"):
+        reg.predict(X[:, :2])
+    with pytest.raises(ValueError, match="max_features=10"):
+        DiffusionICLRegressor(**tiny).fit(np.zeros((5, 11)), np.zeros(5))
+    with pytest.raises(ValueError, match="n_samples"):
+        reg.sample(X[:3], n_samples=0)
+    with pytest.raises(ValueError, match="n_embd"):
+        DiffusionICLRegressor(**{**tiny, "n_embd": 30, "n_head": 4}).fit(X, y)
+
+
+def test_2d_y_warns_and_is_raveled(tiny):
+    X, y = linear_data()
+    from sklearn.exceptions import DataConversionWarning
+    with pytest.warns(DataConversionWarning):
+        DiffusionICLRegressor(**tiny).fit(X, y[:, None])
+    with pytest.raises(ValueError):
+        DiffusionICLRegressor(**tiny).fit(X, np.c_[y, y])
+
+
+def test_pipeline_cross_val_and_grid_search_train_once(tiny, monkeypatch):
+    X, y = linear_data(n=100, seed=3, scale=10.0)
+    reg = DiffusionICLRegressor(random_state=0, **tiny)
+    reg.fit(X, y)  # warm the cache
+    calls = []
+    monkeypatch.setattr(pretrained, "pretrain", lambda *a, **k: calls.append(1))
+    pipe = Pipeline([("scale", StandardScaler()), ("reg", clone(reg))])
+    scores = cross_val_score(pipe, X, y, cv=5)
+    assert scores.shape == (5,) and scores.mean() > 0.8
+    grid = GridSearchCV(clone(reg), {"n_sampling_steps": [2, 5]}, cv=3).fit(X, y)
+    assert grid.best_params_["n_sampling_steps"] in (2, 5)
+    assert calls == []  # every fit found the trained denoiser in the cache
+
+
+def test_disk_cache_is_reused(tiny, monkeypatch):
+    X, y = linear_data()
+    reg = DiffusionICLRegressor(**tiny).fit(X, y)
+    key = pretrained.spec_key(reg.model_spec_)
+    monkeypatch.setattr(pretrained, "_MEMORY", {})
+    monkeypatch.setattr(pretrained, "pretrain", lambda *a, **k: pytest.fail("retrained"))
+    again = DiffusionICLRegressor(**tiny).fit(X, y)
+    assert pretrained.spec_key(again.model_spec_) == key
+
+
+def test_joblib_round_trip_identical(fitted, tmp_path):
+    reg, X, _ = fitted
+    path = tmp_path / "reg.joblib"
+    joblib.dump(reg, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.predict(X[60:]), reg.predict(X[60:]))
+    assert loaded.get_params() == reg.get_params()
+
+
+def test_clone_is_unfitted_with_same_params(fitted):
+    reg, _, _ = fitted
+    c = clone(reg)
+    assert c.get_params() == reg.get_params() and not hasattr(c, "denoiser_")
+
+
+def test_dataframe_feature_names(tiny):
+    import pandas as pd
+    X, y = linear_data()
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    reg = DiffusionICLRegressor(random_state=0, **tiny).fit(df, y)
+    assert list(reg.feature_names_in_) == ["a", "b", "c"]
+    np.testing.assert_allclose(reg.predict(df.iloc[:5]), reg.predict(X[:5]))

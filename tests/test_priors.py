@@ -1,0 +1,79 @@
+"""Task priors and the shared context standardization."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.preprocessing import StandardScaler
+
+from skdiffusion.priors import PRIORS, context_stats, make_prior, sample_tasks
+
+
+def test_context_stats_match_standard_scaler():
+    rng = np.random.default_rng(0)
+    X = rng.normal(3.0, 2.0, size=(12, 4))
+    X[:, 2] = 5.0                                       # constant column
+    for k in (1, 2, 5, 12):
+        ref = StandardScaler().fit(X[:k])
+        is_ctx = torch.arange(12)[None] < k
+        mean, scale = context_stats(torch.tensor(X)[None], is_ctx)
+        np.testing.assert_allclose(mean[0, 0].numpy(), ref.mean_, rtol=1e-12)
+        np.testing.assert_allclose(scale[0, 0].numpy(), ref.scale_, rtol=1e-12)
+
+
+def test_context_stats_without_context_is_identity():
+    mean, scale = context_stats(torch.randn(2, 5, 3), torch.zeros(2, 5, dtype=torch.bool))
+    assert torch.all(mean == 0) and torch.all(scale == 1)
+
+
+@pytest.mark.parametrize("name", sorted(PRIORS))
+def test_each_family_draws_finite_standardized_tasks(name):
+    g = torch.Generator().manual_seed(0)
+    b = sample_tasks(make_prior(name), 64, 30, 8, g, min_features=2)
+    assert b.x.shape == (64, 30, 8) and b.y.shape == (64, 30)
+    assert torch.isfinite(b.x).all() and torch.isfinite(b.y).all()
+    assert ((2 <= b.n_features) & (b.n_features <= 8)).all()
+    # padding columns stay exactly zero
+    cols = torch.arange(8)[None, None] >= b.n_features[:, None, None]
+    assert torch.all(b.x[cols.expand_as(b.x)] == 0)
+    # tasks with >= 2 context points have standardized context y (mean 0, std 1 unless constant)
+    k = b.is_context.sum(1)
+    for i in torch.nonzero(k >= 2).flatten()[:10]:
+        yc = b.y[i, b.is_context[i]]
+        assert abs(yc.mean()) < 1e-4 and (abs(yc.std(unbiased=False) - 1) < 1e-4 or yc.abs().max() < 1e-4)
+
+
+def test_context_sizes_span_zero_to_n_minus_one():
+    b = sample_tasks(make_prior("linear"), 2000, 10, 3, torch.Generator().manual_seed(1))
+    k = b.is_context.sum(1)
+    assert k.min() == 0 and k.max() == 9
+
+
+def test_priors_are_deterministic_under_generator():
+    p = make_prior({"mixture": [("linear", 1.0), ("decision_tree", 1.0)]})
+    a = sample_tasks(p, 8, 12, 4, torch.Generator().manual_seed(5))
+    b = sample_tasks(p, 8, 12, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(a.y, b.y) and torch.equal(a.x, b.x)
+
+
+def test_noisy_linear_noise_level():
+    p = make_prior(("noisy_linear", {"noise_range": (0.5, 0.5)}))
+    X = torch.randn(4000, 20, 3, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    y = p.sample_y(X, g)
+    # residual of the exact fit per task: variance 0.25 * (n - d) / n on average
+    w = torch.linalg.lstsq(X, y[..., None]).solution
+    res = (y[..., None] - X @ w).pow(2).sum(1).mean() / (20 - 3)
+    assert abs(res.item() - 0.25) < 0.01
+
+
+def test_sparse_linear_uses_few_features():
+    p = make_prior(("sparse_linear", {"n_nonzero": 2}))
+    X = torch.randn(50, 30, 6, generator=torch.Generator().manual_seed(0))
+    y = p.sample_y(X, torch.Generator().manual_seed(1))
+    w = torch.linalg.lstsq(X, y[..., None]).solution[..., 0]
+    assert ((w.abs() > 1e-4).sum(1) <= 2).all()
+
+
+def test_unknown_prior_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown prior"):
+        make_prior("gaussian_process")
