@@ -14,6 +14,9 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("pretrain", help="meta-train a denoiser into a directory (resumable)")
     t.add_argument("--out", required=True, help="output directory (checkpoint, weights, config)")
+    t.add_argument("--default", action="store_true",
+                   help="train exactly the configuration of DiffusionICLRegressor() (other "
+                        "model flags are ignored)")
     t.add_argument("--prior", default="noisy_linear",
                    help="task prior: a name, or JSON for a spec/mixture")
     t.add_argument("--max-features", type=int, default=10, help="largest number of features")
@@ -25,8 +28,8 @@ def _parser():
     t.add_argument("--schedule", default="cosine", choices=["cosine", "linear"], help="noise schedule")
     t.add_argument("--prediction-type", default="v", choices=["epsilon", "v", "sample"],
                    help="what the network predicts")
-    t.add_argument("--no-linear-features", action="store_true",
-                   help="pure transformer: no closed-form ridge features in the tokens")
+    t.add_argument("--no-linear-baseline", action="store_true",
+                   help="pure transformer: no in-context ridge features or Gaussian baseline")
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=64, help="tasks per step")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -60,13 +63,17 @@ def main(argv=None):
         rows = icl_linear_table(model, schedule, d=args.d, n_tasks=args.tasks, prediction_type=ptype)
         print(markdown_table(rows))
         return 0
-    spec = make_spec(
-        _prior_arg(args.prior), args.max_features, args.n_layer, args.n_embd, args.n_head,
-        args.timesteps, args.schedule, args.prediction_type, not args.no_linear_features,
-        train=dict(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                   warmup_steps=args.warmup, n_points=args.n_points, max_context=args.max_context,
-                   min_features=args.min_features, curriculum_steps=args.curriculum_steps,
-                   seed=args.seed))
+    if args.default:
+        from .estimator import DiffusionICLRegressor
+        spec = DiffusionICLRegressor()._spec()
+    else:
+        spec = make_spec(
+            _prior_arg(args.prior), args.max_features, args.n_layer, args.n_embd, args.n_head,
+            args.timesteps, args.schedule, args.prediction_type, not args.no_linear_baseline,
+            train=dict(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                       warmup_steps=args.warmup, n_points=args.n_points,
+                       max_context=args.max_context, min_features=args.min_features,
+                       curriculum_steps=args.curriculum_steps, seed=args.seed))
     callback = None
     if args.curve:
         log = os.path.join(args.out, "curve.jsonl")

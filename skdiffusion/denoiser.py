@@ -6,12 +6,17 @@ attention mask lets every token see all context tokens and itself, nothing else,
 position ids are 0, so outputs are invariant to the order of the context and each target
 is independent of the other targets.
 
-With ``linear_features=True`` every token also carries closed-form in-context features:
-the predictions at its x of two ridge regressions fitted to the context (light and
-strong shrinkage) and the leverage of x under the light one. They are a fixed inductive
-bias (no parameters), computed from the context alone, so every invariance above still
-holds; the transformer learns how far to trust them, how noisy the task is (from the
-context residuals) and everything non-linear.
+With ``linear_baseline=True`` (the default) the network starts from an in-context
+linear-Gaussian answer and learns corrections to it:
+
+* every token carries closed-form features: the predictions at its x of two ridge
+  regressions fitted to the context (light and strong shrinkage) and the leverage of x;
+* the output is the exact denoiser for y0 ~ N(m, s^2) (DESIGN.md's oracle), with m the
+  light ridge prediction and s^2 = residual variance * (1 + leverage), plus the
+  transformer's read-out, which starts at zero.
+
+Both are fixed functions of the context (no parameters), so every invariance above
+still holds. ``linear_baseline=False`` is the pure transformer of the guide.
 """
 
 import math
@@ -36,12 +41,17 @@ def attention_mask(is_context):
     return (is_context[:, None, :] | eye[None]).unsqueeze(1)
 
 
-RIDGE_LAMBDAS = (0.01, 1.0)  # times the context size, on standardized data
+RIDGE_LAMBDAS = (1e-3, 0.1, 1.0)  # times the context size, on standardized data
+RIDGE_FLOOR = 1e-2  # plus this, so the solve is well-posed for any context
+LEVERAGE_CAP = 10.0  # baseline means are shrunk beyond this leverage
 
 
 def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS):
-    """(B, N, len(lambdas) + 1): ridge predictions of y at each x from the context, and
-    log(1 + leverage) under the first lambda. Zero features with no context."""
+    """(B, N, len(lambdas) + 2): ridge predictions of y at each x from the context,
+    leverage under the first lambda, and the context's residual variance under it
+    (shrunk towards 1, the variance of standardized y, by 0.01 pseudo-observations so
+    that a context that fits exactly is not taken as noise-free). Zero predictions
+    with no context."""
     w = is_context.to(x.dtype)[..., None]
     k = w.sum(dim=1, keepdim=True).clamp(min=1)                      # (B, 1, 1)
     gram = (x * w).transpose(1, 2) @ x                                # (B, F, F)
@@ -49,11 +59,29 @@ def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS):
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     feats = []
     for i, lam in enumerate(lambdas):
-        a = gram + lam * k * eye
+        a = gram + (lam * k + RIDGE_FLOOR) * eye
         feats.append((x @ torch.linalg.solve(a, rhs))[..., 0])
         if i == 0:
-            lev = (x * torch.linalg.solve(a, x.transpose(1, 2)).transpose(1, 2)).sum(-1)
-    return torch.stack(feats + [torch.log1p(lev.clamp(min=0))], dim=-1)
+            lev = (x * torch.linalg.solve(a, x.transpose(1, 2)).transpose(1, 2)).sum(-1).clamp(min=0)
+            resid = ((y - feats[0]) ** 2 * w[..., 0]).sum(1, keepdim=True)
+            dof = (k[..., 0] - (lev * w[..., 0]).sum(1, keepdim=True)).clamp(min=0)
+            noise_var = ((resid + 0.01) / (dof + 0.01)).expand_as(lev)
+    return torch.stack(feats + [lev, noise_var], dim=-1)
+
+
+def gaussian_baseline(features, abar_t, y_t, prediction_type):
+    """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md).
+
+    m is the light ridge prediction, divided by leverage / LEVERAGE_CAP where that exceeds 1 (far
+    extrapolation, typical of 1-3 point contexts after per-feature standardization);
+    s^2 = noise variance * (1 + leverage)."""
+    m, lev, noise_var = features[..., 0], features[..., -2], features[..., -1]
+    m = m / (lev / LEVERAGE_CAP).clamp(min=1)  # shrink far extrapolations to the mean
+    s2 = (noise_var * (1 + lev)).clamp(1e-4, 10.0)
+    a, b2 = abar_t.sqrt(), 1 - abar_t
+    gain = (y_t - a * m) / (abar_t * s2 + b2)
+    eps, y0 = b2.sqrt() * gain, m + a * s2 * gain
+    return {"epsilon": eps, "sample": y0, "v": a * eps - b2.sqrt() * y0}[prediction_type]
 
 
 def mlp(d_in, d_hidden, d_out):
@@ -66,11 +94,16 @@ class SetDenoiser(nn.Module):
     Parameters mirror ``GPT2Config``; ``max_features`` fixes the width of x.
     """
 
-    def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_features=True):
+    def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_baseline=True,
+                 abar=None, prediction_type="v"):
         super().__init__()
         self.max_features, self.n_embd = max_features, n_embd
-        self.linear_features = linear_features
-        n_extra = len(RIDGE_LAMBDAS) + 1 if linear_features else 0
+        self.linear_baseline, self.prediction_type = linear_baseline, prediction_type
+        if linear_baseline and abar is None:
+            raise ValueError("linear_baseline needs the schedule's abar (indexed by t)")
+        self.register_buffer("abar", torch.as_tensor(abar if abar is not None else [1.0],
+                                                     dtype=torch.float32), persistent=False)
+        n_extra = len(RIDGE_LAMBDAS) + 2 if linear_baseline else 0
         config = GPT2Config(
             vocab_size=1, n_positions=1, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -80,6 +113,9 @@ class SetDenoiser(nn.Module):
         self.time_mlp = mlp(n_embd, 2 * n_embd, n_embd)
         self.backbone = GPT2Model(config)
         self.read_out = nn.Linear(n_embd, 1)
+        if linear_baseline:  # start exactly at the linear-Gaussian denoiser
+            nn.init.zeros_(self.read_out.weight)
+            nn.init.zeros_(self.read_out.bias)
 
     def forward(self, x, y, is_context, t):
         """x: (B, N, max_features); y, t: (B, N); is_context: (B, N) bool -> (B, N)."""
@@ -87,15 +123,20 @@ class SetDenoiser(nn.Module):
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
         flag = is_context.to(x.dtype)
         tokens = [x, y[..., None], flag[..., None]]
-        if self.linear_features:
-            tokens.append(ridge_features(x, y, is_context))
+        if self.linear_baseline:
+            feats = ridge_features(x, y, is_context)
+            tokens.append(torch.cat([feats[..., :-2], torch.log1p(feats[..., -2:])], -1))
         h = self.read_in(torch.cat(tokens, dim=-1))
         time = self.time_mlp(sinusoidal_embedding(t, self.n_embd).to(x.dtype))
         h = h + (1.0 - flag)[..., None] * time
         position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
         out = self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
                             position_ids=position_ids).last_hidden_state
-        return self.read_out(out).squeeze(-1)
+        pred = self.read_out(out).squeeze(-1)
+        if self.linear_baseline:
+            abar_t = self.abar.to(x.dtype)[t]
+            pred = pred + gaussian_baseline(feats, abar_t, y, self.prediction_type)
+        return pred
 
 
 def pad_features(x, max_features):

@@ -1,7 +1,7 @@
-"""Reverse-chain sampling for in-context prediction on standardized tasks.
+"""Reverse-chain sampling for in-context prediction, batched over tasks.
 
-All targets of a prediction are laid out as [k context tokens | chunk of targets] per
-sequence; since targets attend only to the context and themselves, chunking changes
+Each task's targets are laid out as [k context tokens | chunk of (query, sample) targets]
+per sequence; since targets attend only to the context and themselves, chunking changes
 nothing but memory use.
 """
 
@@ -13,23 +13,25 @@ from .priors import context_stats
 
 
 def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=2048):
-    """Closure ``denoise(y_t, t)`` for y_t of shape (n_queries, n_samples)."""
-    k, m = x_ctx.shape[0], x_q.shape[0]
+    """Closure ``denoise(y_t, t)`` for y_t of shape (B, n_queries, n_samples).
+
+    x_ctx: (B, k, F), y_ctx: (B, k), x_q: (B, m, F), all already standardized and padded.
+    """
+    B, k = y_ctx.shape
 
     def denoise(y_t, t):
-        flat_y = y_t.reshape(-1)
-        n_samples = y_t.shape[1]
-        flat_x = x_q.repeat_interleave(n_samples, dim=0)
+        m, n_samples = y_t.shape[1:]
+        flat_y = y_t.reshape(B, m * n_samples)
+        flat_x = x_q.repeat_interleave(n_samples, dim=1)
         out = []
-        for start in range(0, flat_y.shape[0], chunk_size):
-            yq, xq = flat_y[start:start + chunk_size], flat_x[start:start + chunk_size]
-            c = yq.shape[0]
-            x = torch.cat([x_ctx, xq])[None]
-            y = torch.cat([y_ctx, yq])[None]
-            is_ctx = (torch.arange(k + c, device=x.device) < k)[None]
-            ts = torch.full((1, k + c), t, dtype=torch.long, device=x.device)
-            out.append(model(x, y, is_ctx, ts)[0, k:])
-        return torch.cat(out).reshape(m, n_samples)
+        for start in range(0, m * n_samples, chunk_size):
+            yq, xq = flat_y[:, start:start + chunk_size], flat_x[:, start:start + chunk_size]
+            n = k + yq.shape[1]
+            is_ctx = (torch.arange(n, device=yq.device) < k).expand(B, n)
+            ts = torch.full((B, n), t, dtype=torch.long, device=yq.device)
+            pred = model(torch.cat([x_ctx, xq], 1), torch.cat([y_ctx, yq], 1), is_ctx, ts)
+            out.append(pred[:, k:])
+        return torch.cat(out, 1).reshape(B, m, n_samples)
 
     return denoise
 
@@ -38,9 +40,12 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=2048):
 def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm",
                         n_steps=None, eta=0.0, prediction_type="v", variance="beta",
                         chunk_size=2048, progress=False):
-    """Samples (n_queries, n_samples) of standardized y at standardized ``x_q``.
+    """Samples (B, n_queries, n_samples) of standardized y at standardized ``x_q``.
 
-    ``noise`` has shape (n_draws, n_queries, n_samples); see :func:`noise_shape`.
+    x_ctx: (B, k, d), y_ctx: (B, k), x_q: (B, m, d) with d <= max_features;
+    ``noise`` has shape (n_draws, B, m, n_samples), see :func:`n_noise_draws`.
+    DDPM uses the posterior variance ``variance`` ("beta" is the calibrated default,
+    see tests/test_diffusion.py).
     """
     x_ctx, x_q = pad_features(x_ctx, model.max_features), pad_features(x_q, model.max_features)
     denoise = make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size)
@@ -49,19 +54,19 @@ def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm
 
 
 @torch.no_grad()
-def sample_task(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator, **sampler_kw):
-    """Samples of y at ``X_q`` in original units for one raw task (torch tensors).
+def sample_raw_tasks(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator, **sampler_kw):
+    """Samples (B, m, n_samples) of y in original units for a batch of raw tasks.
 
-    Standardizes with the context's own statistics (as training did), samples, and maps
-    back. Used by the benchmarks; the estimator does the same with ``StandardScaler``.
+    Standardizes each task with its own context statistics (as training did), samples,
+    and maps back. Used by the benchmarks; the estimator does the same with
+    ``StandardScaler``.
     """
-    is_ctx = torch.ones(1, X_ctx.shape[0], dtype=torch.bool)
-    x_mean, x_scale = context_stats(X_ctx[None], is_ctx)
-    y_mean, y_scale = context_stats(y_ctx[None, :, None], is_ctx)
-    x_ctx = ((X_ctx - x_mean[0]) / x_scale[0])
-    x_q = ((X_q - x_mean[0]) / x_scale[0])
-    y_c = ((y_ctx[:, None] - y_mean[0]) / y_scale[0])[:, 0]
+    is_ctx = torch.ones(X_ctx.shape[:2], dtype=torch.bool)
+    x_mean, x_scale = context_stats(X_ctx, is_ctx)
+    y_mean, y_scale = context_stats(y_ctx[..., None], is_ctx)
+    y_c = ((y_ctx[..., None] - y_mean) / y_scale)[..., 0]
     draws = n_noise_draws(schedule, sampler_kw.get("sampler", "ddpm"), sampler_kw.get("n_steps"))
-    noise = draw_noise(draws, (X_q.shape[0], n_samples), generator, X_q.dtype)
-    s = sample_standardized(model, schedule, x_ctx, y_c, x_q, noise, **sampler_kw)
-    return s * y_scale[0, 0, 0] + y_mean[0, 0, 0]
+    noise = draw_noise(draws, (*X_q.shape[:2], n_samples), generator, X_q.dtype)
+    s = sample_standardized(model, schedule, (X_ctx - x_mean) / x_scale, y_c,
+                            (X_q - x_mean) / x_scale, noise, **sampler_kw)
+    return s * y_scale + y_mean

@@ -24,14 +24,14 @@ _MEMORY = {}
 
 
 def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_head=4,
-              timesteps=100, schedule="cosine", prediction_type="v", linear_features=True,
+              timesteps=100, schedule="cosine", prediction_type="v", linear_baseline=True,
               train=None):
     """Canonical, JSON-able configuration of a meta-trained denoiser."""
     cfg = TrainConfig(**(train or {}))
     spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
             "n_embd": int(n_embd), "n_head": int(n_head), "timesteps": int(timesteps),
             "schedule": schedule, "prediction_type": prediction_type,
-            "linear_features": bool(linear_features), "train": cfg.to_dict()}
+            "linear_baseline": bool(linear_baseline), "train": cfg.to_dict()}
     return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
 
 
@@ -42,11 +42,12 @@ def spec_key(spec):
 
 def build(spec):
     """Fresh (untrained) denoiser and its noise schedule; init seeded by the spec."""
+    schedule = NoiseSchedule(spec["timesteps"], spec["schedule"])
     with torch.random.fork_rng():
         torch.manual_seed(spec["train"]["seed"])
         model = SetDenoiser(spec["max_features"], spec["n_layer"], spec["n_embd"], spec["n_head"],
-                            spec["linear_features"])
-    return model.eval(), NoiseSchedule(spec["timesteps"], spec["schedule"])
+                            spec["linear_baseline"], schedule.abar, spec["prediction_type"])
+    return model.eval(), schedule
 
 
 def _prior(spec):

@@ -4,15 +4,20 @@ import pytest
 import torch
 
 from skdiffusion.denoiser import SetDenoiser, attention_mask, pad_features
+from skdiffusion.diffusion import NoiseSchedule
 from skdiffusion.inference import make_denoise_fn
 
 F, K, M = 6, 7, 5
+ABAR = NoiseSchedule(100).abar
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[True, False], ids=["linear_baseline", "pure"])
+def model(request):
     torch.manual_seed(0)
-    return SetDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2).eval()
+    m = SetDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2,
+                    linear_baseline=request.param, abar=ABAR).eval()
+    torch.nn.init.normal_(m.read_out.weight)  # make the transformer's part count
+    return m
 
 
 def task(seed, k=K, m=M, d=4):
@@ -69,9 +74,10 @@ def test_zero_padding_is_the_identity(model):
     x_ctx, x_q = torch.randn(K, 3, generator=g), torch.randn(M, 3, generator=g)
     y_ctx = torch.randn(K, generator=g)
     y_t = torch.randn(M, 2, generator=g)
-    a = make_denoise_fn(model, pad_features(x_ctx, F), y_ctx, pad_features(x_q, F))(y_t, 40)
-    b = make_denoise_fn(model, torch.cat([x_ctx, torch.zeros(K, F - 3)], 1), y_ctx,
-                        torch.cat([x_q, torch.zeros(M, F - 3)], 1), chunk_size=3)(y_t, 40)
+    a = make_denoise_fn(model, pad_features(x_ctx, F)[None], y_ctx[None],
+                        pad_features(x_q, F)[None])(y_t[None], 40)
+    b = make_denoise_fn(model, torch.cat([x_ctx, torch.zeros(K, F - 3)], 1)[None], y_ctx[None],
+                        torch.cat([x_q, torch.zeros(M, F - 3)], 1)[None], chunk_size=3)(y_t[None], 40)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="max_features"):
         pad_features(torch.zeros(2, F + 1), F)
@@ -82,6 +88,27 @@ def test_chunking_does_not_change_outputs(model):
     x, y, c, t = task(4, m=0)
     x_q = pad_features(torch.randn(9, 4, generator=torch.Generator().manual_seed(5)), F)
     y_t = torch.randn(9, 3, generator=torch.Generator().manual_seed(6))
-    a = make_denoise_fn(model, x, y, x_q, chunk_size=1000)(y_t, 10)
-    b = make_denoise_fn(model, x, y, x_q, chunk_size=4)(y_t, 10)
+    a = make_denoise_fn(model, x[None], y[None], x_q[None], chunk_size=1000)(y_t[None], 10)
+    b = make_denoise_fn(model, x[None], y[None], x_q[None], chunk_size=4)(y_t[None], 10)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_linear_baseline_starts_at_least_squares():
+    """Untrained (zero read-out), the y0 prediction from pure noise on a noiseless linear
+    task is the in-context ridge fit, i.e. (almost) exact."""
+    torch.manual_seed(0)
+    m = SetDenoiser(max_features=F, n_layer=1, n_embd=16, n_head=2, abar=ABAR,
+                    prediction_type="sample").eval()
+    g = torch.Generator().manual_seed(7)
+    x = pad_features(torch.randn(1, 30, 4, generator=g), F)
+    y = x @ pad_features(torch.randn(1, 4, generator=g), F)[0]
+    is_ctx = torch.arange(30)[None] < 20
+    y_in = torch.where(is_ctx, y, torch.randn(1, 30, generator=g))
+    pred = m(x, y_in, is_ctx, torch.full((1, 30), 100))[0, 20:]
+    torch.testing.assert_close(pred, y[0, 20:], rtol=0, atol=0.05)
+
+
+def test_linear_baseline_needs_schedule():
+    with pytest.raises(ValueError, match="abar"):
+        SetDenoiser(max_features=F)
