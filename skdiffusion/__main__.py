@@ -76,22 +76,37 @@ def main(argv=None):
                        curriculum_steps=args.curriculum_steps, seed=args.seed))
     callback = None
     if args.curve:
+        from .diffusion import NoiseSchedule
+        schedule = NoiseSchedule(spec["timesteps"], spec["schedule"])
         log = os.path.join(args.out, "curve.jsonl")
 
         def callback(step, model):
-            schedule = model_schedule[0]
             ratios = posterior_mean_ratio(model, schedule, spec["prediction_type"],
                                           d=min(5, spec["max_features"]))
             with open(log, "a") as f:
                 f.write(json.dumps({"step": step, "ratio": ratios}) + "\n")
             print(f"step {step}: posterior-mean MSE / Bayes {ratios}", file=sys.stderr, flush=True)
 
-        from .diffusion import NoiseSchedule
-        model_schedule = [NoiseSchedule(spec["timesteps"], spec["schedule"])]
     command = "python -m skdiffusion " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    pretrain(spec, args.out, verbose=1, callback=callback, command=command)
+    device, rank = _init_distributed()
+    pretrain(spec, args.out, verbose=1, callback=callback, command=command, device=device,
+             rank=rank)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
+
+
+def _init_distributed():
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, nccl on CUDA.
+    Returns (device, rank)."""
+    cuda = torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ("cuda" if cuda else "cpu"), 0
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    rank = torch.distributed.get_rank()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    return (f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"), rank
 
 
 if __name__ == "__main__":

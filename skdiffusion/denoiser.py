@@ -112,6 +112,7 @@ class SetDenoiser(nn.Module):
         self.read_in = mlp(max_features + 2 + n_extra, 2 * n_embd, n_embd)
         self.time_mlp = mlp(n_embd, 2 * n_embd, n_embd)
         self.backbone = GPT2Model(config)
+        self.backbone.wte.weight.requires_grad_(False)  # unused: we feed inputs_embeds
         self.read_out = nn.Linear(n_embd, 1)
         if linear_baseline:  # start exactly at the linear-Gaussian denoiser
             nn.init.zeros_(self.read_out.weight)

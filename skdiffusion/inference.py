@@ -61,12 +61,14 @@ def sample_raw_tasks(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator, *
     and maps back. Used by the benchmarks; the estimator does the same with
     ``StandardScaler``.
     """
-    is_ctx = torch.ones(X_ctx.shape[:2], dtype=torch.bool)
+    device = next(model.parameters()).device
+    X_ctx, y_ctx, X_q = X_ctx.to(device), y_ctx.to(device), X_q.to(device)
+    is_ctx = torch.ones(X_ctx.shape[:2], dtype=torch.bool, device=device)
     x_mean, x_scale = context_stats(X_ctx, is_ctx)
     y_mean, y_scale = context_stats(y_ctx[..., None], is_ctx)
     y_c = ((y_ctx[..., None] - y_mean) / y_scale)[..., 0]
     draws = n_noise_draws(schedule, sampler_kw.get("sampler", "ddpm"), sampler_kw.get("n_steps"))
-    noise = draw_noise(draws, (*X_q.shape[:2], n_samples), generator, X_q.dtype)
+    noise = draw_noise(draws, (*X_q.shape[:2], n_samples), generator, X_q.dtype).to(device)
     s = sample_standardized(model, schedule, (X_ctx - x_mean) / x_scale, y_c,
                             (X_q - x_mean) / x_scale, noise, **sampler_kw)
-    return s * y_scale + y_mean
+    return (s * y_scale + y_mean).cpu()

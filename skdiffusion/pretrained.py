@@ -17,7 +17,7 @@ from .checkpoint import CONFIG, WEIGHTS, load_weights, read_config, save_model
 from .denoiser import SetDenoiser
 from .diffusion import NoiseSchedule
 from .priors import make_prior
-from .training import TrainConfig, train
+from .training import TrainConfig, rank_divergence, train
 
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "weights")
 _MEMORY = {}
@@ -71,8 +71,10 @@ def load(directory, spec=None):
     return load_weights(directory, model), schedule
 
 
-def pretrain(spec, out_dir, verbose=1, callback=None, command=None):
-    """Meta-train ``spec`` into ``out_dir`` (resuming from its training checkpoint)."""
+def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu", rank=0):
+    """Meta-train ``spec`` into ``out_dir`` (resuming from its training checkpoint).
+
+    Under ``torchrun`` every rank calls this; only ``rank`` 0 writes the model."""
     model, schedule = build(spec)
     os.makedirs(out_dir, exist_ok=True)
     state = os.path.join(out_dir, "train_state.pt")
@@ -80,10 +82,15 @@ def pretrain(spec, out_dir, verbose=1, callback=None, command=None):
     cfg = TrainConfig(**spec["train"])
     history = train(model, schedule, _prior(spec), cfg, spec["prediction_type"],
                     checkpoint_path=state, verbose=verbose,
-                    checkpoint_every=max(1, min(1000, cfg.n_steps)), callback=callback)
+                    checkpoint_every=max(1, min(1000, cfg.n_steps)), callback=callback,
+                    device=device)
+    divergence = rank_divergence(model)
+    model.cpu()
     summary = {"steps": cfg.n_steps, "final_loss": history[-1][1] if history else None,
-               "seconds_this_run": round(time.time() - t0, 1), "command": command}
-    save_model(out_dir, model, spec, summary)
+               "seconds_this_run": round(time.time() - t0, 1), "command": command,
+               "rank_weight_divergence": divergence}
+    if rank == 0:
+        save_model(out_dir, model, spec, summary)
     return model, schedule
 
 

@@ -155,6 +155,9 @@ class TaskBatch:
     is_context: torch.Tensor
     n_features: torch.Tensor
 
+    def to(self, device):
+        return TaskBatch(*(v.to(device) for v in (self.x, self.y, self.is_context, self.n_features)))
+
 
 def sample_tasks(prior, batch_size, n_points, max_features, generator,
                  min_features=1, n_features=None, max_context=None):

@@ -66,8 +66,8 @@ def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_del
     """Loss on target tokens only: each target gets its own t and eps."""
     is_target = ~batch.is_context
     T = schedule.timesteps
-    t = torch.randint(1, T + 1, batch.y.shape, generator=generator)
-    eps = torch.randn(batch.y.shape, generator=generator)
+    t = torch.randint(1, T + 1, batch.y.shape, generator=generator).to(batch.y.device)
+    eps = torch.randn(batch.y.shape, generator=generator).to(batch.y.device)
     y_t = schedule.q_sample(batch.y, t, eps)
     y_in = torch.where(batch.is_context, batch.y, y_t)
     pred = model(batch.x, y_in, batch.is_context, t)
@@ -80,14 +80,28 @@ def _rank():
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def rank_divergence(model):
+    """Largest difference of any weight between this rank and rank 0 (0 when alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    diff = (flat - ref).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return diff.item()
+
+
 def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None,
-          checkpoint_every=500, verbose=1, callback=None):
+          checkpoint_every=500, verbose=1, callback=None, device="cpu"):
     """Meta-train ``model`` in place; resumes from ``checkpoint_path`` if it exists.
 
-    ``callback(step, model)`` runs on rank 0 every ``checkpoint_every`` steps (e.g. a
-    benchmark for a learning curve). Returns the list of (step, loss) logged.
+    Tasks are drawn on the CPU (deterministic under ``cfg.seed`` and the rank) and moved
+    to ``device``. ``callback(step, model)`` runs on rank 0 every ``checkpoint_every``
+    steps (e.g. a benchmark for a learning curve). Returns the list of (step, loss) logged.
     """
     rank = _rank()
+    model.to(device)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -102,7 +116,7 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     while step < cfg.n_steps:
         d, n = curriculum(step, cfg, model.max_features)
         batch = sample_tasks(prior, cfg.batch_size, n, model.max_features, g,
-                             min(cfg.min_features, d), d, cfg.max_context)
+                             min(cfg.min_features, d), d, cfg.max_context).to(device)
         loss = diffusion_loss(net, schedule, batch, prediction_type, g, cfg.huber_delta)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; "

@@ -1,0 +1,107 @@
+"""Meta-training: determinism, resume, clear failures, torchrun/DDP, model files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from skdiffusion.checkpoint import load_weights, save_model
+from skdiffusion.pretrained import build, load, make_spec, pretrain
+from skdiffusion.priors import make_prior
+from skdiffusion.training import TrainConfig, curriculum, lr_at, train
+
+SMALL = dict(max_features=3, n_layer=1, n_embd=16, n_head=2, timesteps=20)
+
+
+def spec(**train):
+    return make_spec(train=dict(dict(n_steps=6, batch_size=4, n_points=10, warmup_steps=2), **train),
+                     **SMALL)
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_lr_schedule_and_curriculum():
+    cfg = TrainConfig(n_steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+    cfg = TrainConfig(n_points=40, curriculum_steps=100)
+    assert curriculum(0, cfg, 10)[0] == 1 and curriculum(100, cfg, 10) == (10, 40)
+
+
+def test_training_is_deterministic_and_learns(tmp_path):
+    s = spec(n_steps=60, learning_rate=3e-3)
+    a, _ = pretrain(s, str(tmp_path / "a"), verbose=0)
+    b, _ = pretrain(s, str(tmp_path / "b"), verbose=0)
+    assert torch.equal(weights(a), weights(b))
+    summary = json.load(open(tmp_path / "a" / "config.json"))["summary"]
+    assert summary["final_loss"] < 1.5 and summary["rank_weight_divergence"] == 0.0
+
+
+def test_resume_continues_exactly(tmp_path):
+    """A run killed after its step-4 checkpoint and restarted ends where an
+    uninterrupted run ends (weights, optimizer, step and RNG state are restored)."""
+    full, _ = pretrain(spec(n_steps=8), str(tmp_path / "full"), verbose=0)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, model):
+        raise Killed
+
+    model, schedule = build(spec(n_steps=8))
+    os.makedirs(tmp_path / "part")
+    with pytest.raises(Killed):
+        train(model, schedule, make_prior("noisy_linear"), TrainConfig(**spec(n_steps=8)["train"]),
+              checkpoint_path=str(tmp_path / "part" / "train_state.pt"), checkpoint_every=4,
+              verbose=0, callback=kill)
+    resumed, _ = pretrain(spec(n_steps=8), str(tmp_path / "part"), verbose=0)
+    torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
+
+
+def test_non_finite_loss_is_a_clear_error(tmp_path):
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        pretrain(spec(learning_rate=1e30, n_steps=50), str(tmp_path), verbose=0)
+
+
+def test_model_files_round_trip_and_reject_damage(tmp_path):
+    s = spec()
+    model, _ = build(s)
+    save_model(str(tmp_path), model, s, {"steps": 0})
+    loaded, _ = load(str(tmp_path), s)
+    assert torch.equal(weights(loaded), weights(model))
+    with pytest.raises(ValueError, match="different configuration"):
+        load(str(tmp_path), dict(s, n_embd=32))
+    other, _ = build(make_spec(**dict(SMALL, n_embd=32)))
+    with pytest.raises(ValueError, match="shape"):
+        load_weights(str(tmp_path), other)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="configuration"):
+        load(str(tmp_path))
+
+
+def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "skdiffusion", "pretrain", "--out", str(out), "--max-features", "3",
+           "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--timesteps", "20",
+           "--steps", "4", "--batch-size", "4", "--n-points", "10", "--warmup", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    summary = json.load(open(out / "config.json"))["summary"]
+    assert summary["rank_weight_divergence"] == 0.0
+    first = weights(load(str(out))[0])
+    # more steps from the same directory resume from the 4-step checkpoint
+    cmd[cmd.index("--steps") + 1] = "6"
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    summary = json.load(open(out / "config.json"))["summary"]
+    assert summary["steps"] == 6 and summary["rank_weight_divergence"] == 0.0
+    assert not torch.equal(first, weights(load(str(out))[0]))
