@@ -1,7 +1,7 @@
 """Reverse-chain sampling for in-context prediction, batched over tasks.
 
-Each task's targets are laid out as [k context tokens | chunk of (query, sample) targets]
-per sequence; since targets attend only to the context and themselves, chunking changes
+The context is encoded once per prediction (its keys and values never change); every
+sampling step then runs only the (query, sample) target tokens, in chunks that change
 nothing but memory use.
 """
 
@@ -12,25 +12,21 @@ from .diffusion import draw_noise, n_noise_draws, sample
 from .priors import context_stats
 
 
-def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=2048):
+def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=4096):
     """Closure ``denoise(y_t, t)`` for y_t of shape (B, n_queries, n_samples).
 
     x_ctx: (B, k, F), y_ctx: (B, k), x_q: (B, m, F), all already standardized and padded.
+    The context is encoded once; each call runs only the target tokens.
     """
-    B, k = y_ctx.shape
+    cache = model.encode_context(x_ctx, y_ctx)
+    B = y_ctx.shape[0]
 
     def denoise(y_t, t):
         m, n_samples = y_t.shape[1:]
         flat_y = y_t.reshape(B, m * n_samples)
         flat_x = x_q.repeat_interleave(n_samples, dim=1)
-        out = []
-        for start in range(0, m * n_samples, chunk_size):
-            yq, xq = flat_y[:, start:start + chunk_size], flat_x[:, start:start + chunk_size]
-            n = k + yq.shape[1]
-            is_ctx = (torch.arange(n, device=yq.device) < k).expand(B, n)
-            ts = torch.full((B, n), t, dtype=torch.long, device=yq.device)
-            pred = model(torch.cat([x_ctx, xq], 1), torch.cat([y_ctx, yq], 1), is_ctx, ts)
-            out.append(pred[:, k:])
+        out = [model.forward_targets(cache, flat_x[:, i:i + chunk_size], flat_y[:, i:i + chunk_size], t)
+               for i in range(0, m * n_samples, chunk_size)]
         return torch.cat(out, 1).reshape(B, m, n_samples)
 
     return denoise
@@ -39,7 +35,7 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=2048):
 @torch.no_grad()
 def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm",
                         n_steps=None, eta=0.0, prediction_type="v", variance="beta",
-                        chunk_size=2048, progress=False):
+                        chunk_size=4096, progress=False):
     """Samples (B, n_queries, n_samples) of standardized y at standardized ``x_q``.
 
     x_ctx: (B, k, d), y_ctx: (B, k), x_q: (B, m, d) with d <= max_features;

@@ -112,3 +112,19 @@ def test_linear_baseline_starts_at_least_squares():
 def test_linear_baseline_needs_schedule():
     with pytest.raises(ValueError, match="abar"):
         SetDenoiser(max_features=F)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("k", [0, 1, 7])
+def test_cached_context_path_equals_full_forward(model, k):
+    """encode_context + forward_targets (used for sampling) is the same function as the
+    masked full forward (used for training)."""
+    m = model.double()
+    x, y, c, _ = task(5, k=k, m=M)
+    x, y = x.double(), y.double()
+    t = torch.full((K + M,), 37)[: k + M]
+    full = m(x[None], y[None], c[None], t[None])[0, k:]
+    cache = m.encode_context(x[None, :k], y[None, :k])
+    cached = m.forward_targets(cache, x[None, k:], y[None, k:], 37)[0]
+    m.float()
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-10)
