@@ -5,7 +5,7 @@ with the command below if the directory has no weights), then writes
 ``benchmarks/results/icl_linear.md`` and ``icl_linear.png`` (error against k, and the
 learning curve logged during meta-training when present).
 
-    python benchmarks/icl_linear.py --model runs/linear5
+    python benchmarks/icl_linear.py --model runs/linear5_v2
 """
 
 import argparse
@@ -24,13 +24,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = [sys.executable, "-m", "skdiffusion", "pretrain", "--prior",
          '["noisy_linear", {"noise_range": [0.1, 0.1]}]', "--max-features", "5",
          "--min-features", "5", "--n-layer", "4", "--n-embd", "96", "--n-head", "4",
-         "--steps", "8000", "--warmup", "400", "--batch-size", "64", "--n-points", "40",
-         "--max-context", "20", "--lr", "1e-3", "--curve"]
+         "--steps", "3500", "--warmup", "300", "--batch-size", "64", "--n-points", "40",
+         "--max-context", "20", "--lr", "5e-4", "--curve"]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="runs/linear5", help="model directory")
+    p.add_argument("--model", default="runs/linear5_v2", help="model directory")
     p.add_argument("--d", type=int, default=5)
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--tasks", type=int, default=200, help="tasks per k")

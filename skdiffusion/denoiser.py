@@ -13,7 +13,11 @@ linear-Gaussian answer and learns corrections to it:
   regressions fitted to the context (light and strong shrinkage) and the leverage of x;
 * the output is the exact denoiser for y0 ~ N(m, s^2) (DESIGN.md's oracle), with m the
   light ridge prediction and s^2 = residual variance * (1 + leverage), plus the
-  transformer's read-out, which starts at zero.
+  transformer's read-out (which starts at zero) times the standard deviation that the
+  residual would have if that Gaussian were exact (:func:`residual_scale`). The loss is
+  measured in those units too, so a task with a 0.01-wide predictive counts as much as
+  one with a 10-wide predictive, and the network's corrections cannot swamp the precise
+  answers of large contexts.
 
 Both are fixed functions of the context (no parameters), so every invariance above
 still holds. ``linear_baseline=False`` is the pure transformer of the guide.
@@ -78,15 +82,30 @@ def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS):
     return ridge_features_at(fit_ridge(x, y, is_context, lambdas), x)
 
 
+def _baseline_moments(features):
+    m, lev, noise_var = features[..., 0], features[..., -2], features[..., -1]
+    m = m / (lev / LEVERAGE_CAP).clamp(min=1)  # shrink far extrapolations to the mean
+    return m, (noise_var * (1 + lev)).clamp(1e-4, 10.0)
+
+
+def residual_scale(features, abar_t, prediction_type):
+    """Standard deviation of (true target - Gaussian baseline) if the baseline's Gaussian
+    were exact: s_post / b for v, s_post for y0 and s_post * a / b for eps, where
+    s_post^2 = s^2 b^2 / (a^2 s^2 + b^2) is the posterior variance of y0 given y_t."""
+    _, s2 = _baseline_moments(features)
+    a2, b2 = abar_t, 1 - abar_t
+    base = (s2 / (a2 * s2 + b2)).sqrt()
+    scale = {"v": base, "sample": base * b2.sqrt(), "epsilon": base * a2.sqrt()}[prediction_type]
+    return scale.clamp(min=1e-3)
+
+
 def gaussian_baseline(features, abar_t, y_t, prediction_type):
     """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md).
 
     m is the light ridge prediction, divided by leverage / LEVERAGE_CAP where that exceeds 1 (far
     extrapolation, typical of 1-3 point contexts after per-feature standardization);
     s^2 = noise variance * (1 + leverage)."""
-    m, lev, noise_var = features[..., 0], features[..., -2], features[..., -1]
-    m = m / (lev / LEVERAGE_CAP).clamp(min=1)  # shrink far extrapolations to the mean
-    s2 = (noise_var * (1 + lev)).clamp(1e-4, 10.0)
+    m, s2 = _baseline_moments(features)
     a, b2 = abar_t.sqrt(), 1 - abar_t
     gain = (y_t - a * m) / (abar_t * s2 + b2)
     eps, y0 = b2.sqrt() * gain, m + a * s2 * gain
@@ -104,8 +123,9 @@ class SetDenoiser(nn.Module):
     """
 
     def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_baseline=True,
-                 abar=None, prediction_type="v"):
+                 abar=None, prediction_type="v", residual_scaling=True):
         super().__init__()
+        self.residual_scaling = residual_scaling
         self.max_features, self.n_embd = max_features, n_embd
         self.linear_baseline, self.prediction_type = linear_baseline, prediction_type
         if linear_baseline and abar is None:
@@ -137,15 +157,20 @@ class SetDenoiser(nn.Module):
         time = self.time_mlp(sinusoidal_embedding(t, self.n_embd).to(x.dtype))
         return h + (1.0 - flag)[..., None] * time
 
-    def _head(self, hidden, feats, y, t):
+    def _head(self, hidden, feats, y, t, return_scale=False):
         pred = self.read_out(hidden).squeeze(-1)
+        scale = torch.ones_like(pred)
         if self.linear_baseline:
             abar_t = self.abar.to(y.dtype)[t]
-            pred = pred + gaussian_baseline(feats, abar_t, y, self.prediction_type)
-        return pred
+            if self.residual_scaling:
+                scale = residual_scale(feats, abar_t, self.prediction_type)
+            pred = scale * pred + gaussian_baseline(feats, abar_t, y, self.prediction_type)
+        return (pred, scale) if return_scale else pred
 
-    def forward(self, x, y, is_context, t):
-        """x: (B, N, max_features); y, t: (B, N); is_context: (B, N) bool -> (B, N)."""
+    def forward(self, x, y, is_context, t, return_scale=False):
+        """x: (B, N, max_features); y, t: (B, N); is_context: (B, N) bool -> (B, N).
+
+        With ``return_scale`` also returns the per-token scale the loss divides by."""
         if x.shape[-1] != self.max_features:
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
         feats = ridge_features(x, y, is_context) if self.linear_baseline else None
@@ -153,7 +178,7 @@ class SetDenoiser(nn.Module):
         position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
         out = self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
                             position_ids=position_ids).last_hidden_state
-        return self._head(out, feats, y, t)
+        return self._head(out, feats, y, t, return_scale)
 
     # -- inference with the context encoded once -------------------------------------
     # Context tokens attend only to context tokens and carry no time embedding, so their

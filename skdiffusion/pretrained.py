@@ -31,7 +31,8 @@ def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_he
     spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
             "n_embd": int(n_embd), "n_head": int(n_head), "timesteps": int(timesteps),
             "schedule": schedule, "prediction_type": prediction_type,
-            "linear_baseline": bool(linear_baseline), "train": cfg.to_dict()}
+            "linear_baseline": bool(linear_baseline), "residual_scaling": bool(linear_baseline),
+            "train": cfg.to_dict()}
     return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
 
 
@@ -46,7 +47,8 @@ def build(spec):
     with torch.random.fork_rng():
         torch.manual_seed(spec["train"]["seed"])
         model = SetDenoiser(spec["max_features"], spec["n_layer"], spec["n_embd"], spec["n_head"],
-                            spec["linear_baseline"], schedule.abar, spec["prediction_type"])
+                            spec["linear_baseline"], schedule.abar, spec["prediction_type"],
+                            spec.get("residual_scaling", False))
     return model.eval(), schedule
 
 

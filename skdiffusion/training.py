@@ -63,16 +63,18 @@ def curriculum(step, cfg, max_features):
 
 
 def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_delta):
-    """Loss on target tokens only: each target gets its own t and eps."""
+    """Loss on target tokens only: each target gets its own t and eps; errors are
+    measured in units of the model's own residual scale (1 for the pure transformer)."""
     is_target = ~batch.is_context
     T = schedule.timesteps
     t = torch.randint(1, T + 1, batch.y.shape, generator=generator).to(batch.y.device)
     eps = torch.randn(batch.y.shape, generator=generator).to(batch.y.device)
     y_t = schedule.q_sample(batch.y, t, eps)
     y_in = torch.where(batch.is_context, batch.y, y_t)
-    pred = model(batch.x, y_in, batch.is_context, t)
+    pred, scale = model(batch.x, y_in, batch.is_context, t, return_scale=True)
     target = schedule.target(batch.y, eps, t, prediction_type)
-    err = torch.nn.functional.huber_loss(pred, target, reduction="none", delta=huber_delta)
+    err = torch.nn.functional.huber_loss(pred / scale, target / scale, reduction="none",
+                                         delta=huber_delta)
     return (err * is_target).sum() / is_target.sum().clamp(min=1)
 
 

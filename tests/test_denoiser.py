@@ -128,3 +128,23 @@ def test_cached_context_path_equals_full_forward(model, k):
     cached = m.forward_targets(cache, x[None, k:], y[None, k:], 37)[0]
     m.float()
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v", "sample"])
+@pytest.mark.parametrize("t", [1, 30, 70, 99])  # at t=100 eps scale hits its 1e-3 floor
+def test_residual_scale_is_the_residual_std_under_the_gaussian(ptype, t):
+    """If y0 ~ N(m, s^2) exactly, (target - Gaussian baseline) / residual_scale has unit
+    variance: the loss units the network is trained in."""
+    from skdiffusion.denoiser import gaussian_baseline, residual_scale
+    n, m, s2 = 200_000, 0.3, 0.04
+    sch = NoiseSchedule(100)
+    g = torch.Generator().manual_seed(t)
+    y0 = m + s2 ** 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    eps = torch.randn(n, generator=g, dtype=torch.float64)
+    y_t = sch.q_sample(y0, t, eps)
+    feats = torch.zeros(n, 6, dtype=torch.float64)
+    feats[:, 0], feats[:, -1] = m, s2          # ridge mean m, leverage 0, noise variance s^2
+    abar_t = sch.abar[t].expand(n)
+    resid = sch.target(y0, eps, t, ptype) - gaussian_baseline(feats, abar_t, y_t, ptype)
+    z = resid / residual_scale(feats, abar_t, ptype)
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01

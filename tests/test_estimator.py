@@ -167,3 +167,14 @@ def test_dataframe_feature_names(tiny):
     with pytest.warns(UserWarning, match="feature names"):
         plain = reg.predict(X[:5])
     np.testing.assert_allclose(reg.predict(df.iloc[:5]), plain)
+
+
+def test_default_configuration_ships_trained(monkeypatch):
+    """A default-constructed estimator loads the packaged weights and never trains."""
+    monkeypatch.setattr(pretrained, "_MEMORY", {})
+    monkeypatch.setattr(pretrained, "pretrain", lambda *a, **k: pytest.fail("would train"))
+    X, y = linear_data(n=40, d=4, seed=11)
+    reg = DiffusionICLRegressor(random_state=0, n_samples=8).fit(X[:30], y[:30])
+    key = pretrained.spec_key(reg.model_spec_)
+    assert pretrained.os.path.isdir(pretrained.os.path.join(pretrained.SHIPPED_DIR, key))
+    assert reg.score(X[30:], y[30:]) > 0.9
