@@ -23,6 +23,7 @@ def _atomic(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; model files are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
