@@ -18,15 +18,15 @@ def task(d, n, noise, scale, offset):
 
 
 X0, y0 = task(4, 60, 0.1, 1.0, 0.0)
-reg = DiffusionICLRegressor(random_state=0).fit(X0, y0)
+reg = DiffusionICLRegressor(n_samples=32, random_state=0).fit(X0, y0)
 
 print(f"{'task':38s} {'k':>4s} {'R^2':>6s} {'90% cover':>9s}")
 for d, k, noise, scale, offset in [(2, 10, 0.1, 1.0, 0.0), (5, 30, 0.3, 100.0, 50.0),
                                    (8, 40, 0.05, 0.01, -3.0), (10, 120, 1.0, 5.0, 0.0)]:
     X, y = task(d, k + 100, noise, scale, offset)
-    ctx = (X[:k], y[:k])
-    lo, hi = reg.predict_quantiles(X[k:], quantiles=(0.05, 0.95), context=ctx).T
-    pred = reg.predict(X[k:], context=ctx)
+    samples = reg.sample(X[k:], context=(X[:k], y[:k]))   # (100, n_samples)
+    pred = samples.mean(axis=1)
+    lo, hi = np.quantile(samples, [0.05, 0.95], axis=1)
     r2 = 1 - np.mean((pred - y[k:]) ** 2) / np.var(y[k:])
     cover = np.mean((lo <= y[k:]) & (y[k:] <= hi))
     label = f"linear d={d} noise={noise} y*{scale}+{offset}"

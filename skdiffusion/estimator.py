@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
-from .diffusion import PREDICTION_TYPES, SCHEDULES, draw_noise, n_noise_draws
+from .diffusion import PREDICTION_TYPES, SCHEDULES, NoiseSchedule, draw_noise, n_noise_draws
 from .inference import sample_standardized
 from .pretrained import build, get_denoiser, make_spec
 from .priors import PRIORS
@@ -233,6 +233,8 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     def _model(self):
         """(device, float64 copy of the denoiser on it); float64 makes a query's result
         independent of how many other queries share its forward pass."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
         device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
         device = "cpu" if device == "auto" else device
         copies = _RUNTIME.setdefault(self.denoiser_, {})
@@ -258,7 +260,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         subsets = self._context_subsets(len(y_ctx), rng)
         per = -(-n_samples // len(subsets))
         device, model = self._model()
-        _, schedule = build(self.model_spec_)
+        schedule = NoiseSchedule(self.model_spec_["timesteps"], self.model_spec_["schedule"])
         draws = n_noise_draws(schedule, self.sampler, self.n_sampling_steps)
         as_t = lambda a: torch.as_tensor(a, device=device)[None]  # noqa: E731 (batch of 1)
         pooled = []

@@ -3,6 +3,7 @@
 import joblib
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
@@ -106,6 +107,9 @@ def test_input_validation(fitted, tiny):
         DiffusionICLRegressor(**tiny).fit(np.zeros((5, 11)), np.zeros(5))
     with pytest.raises(ValueError, match="n_samples"):
         reg.sample(X[:3], n_samples=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            clone(reg).set_params(device="cuda").fit(X, y).predict(X[:2])
     with pytest.raises(ValueError, match="n_embd"):
         DiffusionICLRegressor(**{**tiny, "n_embd": 30, "n_head": 4}).fit(X, y)
 

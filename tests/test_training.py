@@ -10,8 +10,8 @@ import torch
 
 from skdiffusion.checkpoint import load_weights, save_model
 from skdiffusion.pretrained import build, load, make_spec, pretrain
-from skdiffusion.priors import make_prior
-from skdiffusion.training import TrainConfig, curriculum, lr_at, train
+from skdiffusion.priors import make_prior, sample_tasks
+from skdiffusion.training import TrainConfig, curriculum, diffusion_loss, lr_at, train
 
 SMALL = dict(max_features=3, n_layer=1, n_embd=16, n_head=2, timesteps=20)
 
@@ -34,12 +34,24 @@ def test_lr_schedule_and_curriculum():
 
 
 def test_training_is_deterministic_and_learns(tmp_path):
-    s = spec(n_steps=60, learning_rate=3e-3)
-    a, _ = pretrain(s, str(tmp_path / "a"), verbose=0)
+    # the pure transformer, whose untrained output is far from the target (the linear
+    # baseline starts close to it on these linear tasks)
+    s = dict(spec(n_steps=150, batch_size=32, learning_rate=3e-3), linear_baseline=False,
+             residual_scaling=False)
+    a, schedule = pretrain(s, str(tmp_path / "a"), verbose=0)
     b, _ = pretrain(s, str(tmp_path / "b"), verbose=0)
     assert torch.equal(weights(a), weights(b))
+    untrained, _ = build(s)
+    batch = sample_tasks(make_prior("noisy_linear"), 256, 10, 3, torch.Generator().manual_seed(9))
+
+    def loss(model):
+        with torch.no_grad():
+            return diffusion_loss(model, schedule, batch, "v", torch.Generator().manual_seed(1),
+                                  3.0).item()
+
+    assert loss(a) < 0.9 * loss(untrained)
     summary = json.load(open(tmp_path / "a" / "config.json"))["summary"]
-    assert summary["final_loss"] < 1.5 and summary["rank_weight_divergence"] == 0.0
+    assert summary["rank_weight_divergence"] == 0.0
 
 
 def test_resume_continues_exactly(tmp_path):
