@@ -209,12 +209,19 @@ class SetDenoiser(nn.Module):
             h = self._block_rest(block, h, att)
         return {"kv": kv, "fit": fit}
 
+    def target_features(self, cache, x_q):
+        """The ridge features of targets at x_q (None without the linear baseline); they
+        depend on the context only, so samplers compute them once."""
+        return ridge_features_at(cache["fit"], x_q) if self.linear_baseline else None
+
     @torch.no_grad()
-    def forward_targets(self, cache, x_q, y_t, t):
-        """Predictions for targets (B, M) given :meth:`encode_context`'s cache."""
+    def forward_targets(self, cache, x_q, y_t, t, feats=None):
+        """Predictions for targets (B, M) given :meth:`encode_context`'s cache and,
+        optionally, precomputed :meth:`target_features`."""
         B, M = y_t.shape
         is_ctx = torch.zeros((B, M), dtype=torch.bool, device=x_q.device)
-        feats = ridge_features_at(cache["fit"], x_q) if self.linear_baseline else None
+        if feats is None:
+            feats = self.target_features(cache, x_q)
         ts = torch.full((B, M), t, dtype=torch.long, device=x_q.device)
         blocks, pos, ln_f = self._blocks()
         h = self._embed(x_q, y_t, is_ctx, ts, feats) + pos

@@ -20,13 +20,20 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=4096):
     """
     cache = model.encode_context(x_ctx, y_ctx)
     B = y_ctx.shape[0]
+    targets = {}  # per n_samples: flattened target x and their features, built once
 
     def denoise(y_t, t):
         m, n_samples = y_t.shape[1:]
+        if n_samples not in targets:
+            flat_x = x_q.repeat_interleave(n_samples, dim=1)
+            targets[n_samples] = (flat_x, model.target_features(cache, flat_x))
+        flat_x, feats = targets[n_samples]
         flat_y = y_t.reshape(B, m * n_samples)
-        flat_x = x_q.repeat_interleave(n_samples, dim=1)
-        out = [model.forward_targets(cache, flat_x[:, i:i + chunk_size], flat_y[:, i:i + chunk_size], t)
-               for i in range(0, m * n_samples, chunk_size)]
+        out = []
+        for i in range(0, m * n_samples, chunk_size):
+            part = slice(i, i + chunk_size)
+            f = None if feats is None else feats[:, part]
+            out.append(model.forward_targets(cache, flat_x[:, part], flat_y[:, part], t, f))
         return torch.cat(out, 1).reshape(B, m, n_samples)
 
     return denoise
