@@ -54,12 +54,12 @@ def _prior_arg(text):
 def main(argv=None):
     args = _parser().parse_args(argv)
     from .evaluation import icl_linear_table, markdown_table, posterior_mean_ratio
+    from .checkpoint import read_config
     from .pretrained import load, make_spec, pretrain
 
     if args.command == "evaluate":
         model, schedule = load(args.dir)
-        with open(os.path.join(args.dir, "config.json")) as f:
-            ptype = json.load(f)["config"]["prediction_type"]
+        ptype = read_config(args.dir)["config"]["prediction_type"]
         rows = icl_linear_table(model, schedule, d=args.d, n_tasks=args.tasks, prediction_type=ptype)
         print(markdown_table(rows))
         return 0

@@ -5,6 +5,8 @@ S = (I + X^T X / sigma^2)^-1 and mu = S X^T y / sigma^2; the predictive at x* is
 N(x*.mu, x*^T S x* + sigma^2). Its mean has the lowest possible MSE.
 """
 
+from statistics import NormalDist
+
 import numpy as np
 import torch
 
@@ -44,7 +46,7 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
     (for n = 64 samples, empirical 5 %/95 % quantiles alone would cover only ~0.87 of a
     perfect sampler's draws).
     """
-    z = _normal_quantile(0.5 + level / 2)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for k in ks:
@@ -61,11 +63,6 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
                      "coverage": float(np.mean(np.abs(yq - mean) <= z * std)),
                      "bayes_coverage": float(np.mean(np.abs(yq - bm) <= z * bs))})
     return rows
-
-
-def _normal_quantile(p):
-    from statistics import NormalDist
-    return NormalDist().inv_cdf(p)
 
 
 def markdown_table(rows):

@@ -8,7 +8,6 @@ must match (mu, s) up to the sampler's discretization error, which is reported.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
