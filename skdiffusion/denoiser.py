@@ -137,6 +137,7 @@ class SetDenoiser(nn.Module):
             vocab_size=1, n_positions=1, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            activation_function="gelu_pytorch_tanh",  # GPT-2's gelu_new, as one fused kernel
         )
         self.read_in = mlp(max_features + 2 + n_extra, 2 * n_embd, n_embd)
         self.time_mlp = mlp(n_embd, 2 * n_embd, n_embd)
@@ -222,7 +223,8 @@ class SetDenoiser(nn.Module):
         is_ctx = torch.zeros((B, M), dtype=torch.bool, device=x_q.device)
         if feats is None:
             feats = self.target_features(cache, x_q)
-        ts = torch.full((B, M), t, dtype=torch.long, device=x_q.device)
+        # one t for all targets: a (1, 1) t broadcasts, so the time MLP runs once per step
+        ts = torch.full((1, 1), t, dtype=torch.long, device=x_q.device)
         blocks, pos, ln_f = self._blocks()
         h = self._embed(x_q, y_t, is_ctx, ts, feats) + pos
         for block, (ck, cv) in zip(blocks, cache["kv"]):
