@@ -1,0 +1,37 @@
+"""The denoiser an estimator configuration uses, sampled on batches of raw tasks."""
+
+import time
+
+import numpy as np
+import torch
+
+from ..estimator import DiffusionICLRegressor
+from ..inference import sample_raw_tasks
+from ..pretrained import get_denoiser, spec_key
+
+
+class BenchModel:
+    """The meta-trained denoiser of ``DiffusionICLRegressor(**params)`` and its sampler
+    settings; :meth:`sample` draws y at each task's query, many tasks per forward pass
+    (float32, unlike the estimator's float64: batch invariance does not matter here)."""
+
+    def __init__(self, params=None, verbose=1):
+        self.params = dict(params or {})
+        reg = DiffusionICLRegressor(**self.params)
+        self.spec = reg._spec()
+        self.key = spec_key(self.spec)
+        self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
+        self.sampler_kw = dict(sampler=reg.sampler, n_steps=reg.n_sampling_steps, eta=reg.eta,
+                               prediction_type=reg.prediction_type)
+
+    def sample(self, tasks, n_samples, seed, batch=1000, **sampler_kw):
+        """(samples (n, n_samples), seconds) for :class:`~.tasks.Tasks`."""
+        kw = {**self.sampler_kw, **sampler_kw}
+        g = torch.Generator().manual_seed(seed)
+        t0, out = time.perf_counter(), []
+        for i in range(0, len(tasks), batch):
+            part = [torch.tensor(a[i:i + batch], dtype=torch.float32)
+                    for a in (tasks.X_ctx, tasks.y_ctx, tasks.X_q)]
+            out.append(sample_raw_tasks(self.denoiser, self.schedule, *part, n_samples, g, **kw))
+        samples = torch.cat(out).double().numpy()[:, 0]
+        return samples, time.perf_counter() - t0

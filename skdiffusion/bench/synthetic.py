@@ -1,0 +1,126 @@
+"""Benchmarks on synthetic task families: in-context curves, robustness, calibration and
+sampler settings. Each function returns a list of flat rows (dicts)."""
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+from sklearn.linear_model import BayesianRidge
+
+from .baselines import baselines_for, predict_baselines
+from .metrics import (RELIABILITY_LEVELS, bootstrap_band, mc_corrected_sq_error,
+                      probabilistic_scores, reliability)
+from .tasks import make_tasks, y_variance
+
+MODEL = "skdiffusion"
+
+
+def _seed(*parts):
+    return int(sum(p * 1000**i for i, p in enumerate(reversed(parts))))
+
+
+def _error_rows(tasks, model, sizes, seed, baselines, normalizer, **key):
+    """Normalized squared error (and its bootstrap band) of the model, exact Bayes where
+    available, and ``baselines`` on one set of tasks."""
+    samples, _ = model.sample(tasks, sizes.samples, seed)
+    y = tasks.y_q[:, 0]
+    errors = {MODEL: mc_corrected_sq_error(samples, y)}
+    if tasks.noise is not None:
+        errors["Bayes"] = (tasks.bayes()[0][:, 0] - y) ** 2
+    errors.update({name: (p - y) ** 2 for name, p in predict_baselines(baselines, tasks).items()})
+    rows = []
+    for method, e in errors.items():
+        lo, hi = bootstrap_band(e / normalizer, seed=seed)
+        rows.append({**key, "method": method, "nse": float(np.mean(e) / normalizer),
+                     "lo": float(lo), "hi": float(hi)})
+    return rows
+
+
+def curves(model, sizes, families):
+    """Error against context size k for each family and d (Garg et al., Figure 2)."""
+    rows = []
+    for fi, family in enumerate(families):
+        for d in sizes.ds:
+            var = y_variance(family, d)
+            for k in sizes.ks(d):
+                tasks = make_tasks(family, sizes.tasks, k, d, _seed(fi, d, k))
+                rows += _error_rows(tasks, model, sizes, _seed(fi, d, k), baselines_for(family),
+                                    var, family=family, d=d, k=k)
+    return rows
+
+
+def robustness(model, sizes, variants, d=5):
+    """The linear curve for prompts unlike training (see ``tasks.VARIANTS``)."""
+    rows = []
+    for vi, variant in enumerate(variants):
+        dd = 2 * d if "irrelevant" in variant else d
+        var = float(np.var(make_tasks("linear", 20000, 0, dd, 12345, variant).y_q))
+        for k in sizes.ks(d):
+            tasks = make_tasks("linear", sizes.robust_tasks, k, dd, _seed(vi, 7, k), variant)
+            rows += _error_rows(tasks, model, sizes, _seed(vi, 7, k),
+                                ("least squares", "BayesianRidge"), var, variant=variant, k=k)
+    return rows
+
+
+def _gp(d):
+    kernel = ConstantKernel() * RBF(np.ones(d)) + WhiteKernel()
+    return GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
+
+
+def _fit_predict_std(make, tasks):
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for Xc, yc, Xq in zip(tasks.X_ctx, tasks.y_ctx, tasks.X_q):
+            m, s = make(Xc.shape[1]).fit(Xc, yc).predict(Xq, return_std=True)
+            out.append((m[0], s[0]))
+    out = np.array(out)
+    return out[:, 0], out[:, 1]
+
+
+def calibration(model, sizes, d=5):
+    """Probabilistic scores of every probabilistic method on linear tasks, per k and
+    pooled, plus reliability curves (pooled)."""
+    pooled, rows = {}, []
+    for k in sizes.calibration_ks:
+        tasks = make_tasks("linear", sizes.calibration_tasks, k, d, _seed(9, d, k))
+        y = tasks.y_q[:, 0]
+        samples, _ = model.sample(tasks, sizes.calibration_samples, _seed(9, d, k))
+        bm, bs = tasks.bayes()
+        preds = {MODEL: (samples.mean(1), samples.std(1, ddof=1), samples),
+                 "Bayes": (bm[:, 0], bs[:, 0], None),
+                 "BayesianRidge": (*_fit_predict_std(lambda d: BayesianRidge(), tasks), None),
+                 "GP (RBF + white)": (*_fit_predict_std(_gp, tasks), None)}
+        for method, (m, s, smp) in preds.items():
+            rows.append({"k": k, "method": method, **probabilistic_scores(y, m, s, smp)})
+            pm = pooled.setdefault(method, [[], [], [], []])
+            for lst, v in zip(pm, (y, m, s, smp)):
+                lst.append(v)
+    for method, (y, m, s, smp) in pooled.items():
+        y, m, s = (np.concatenate(a) for a in (y, m, s))
+        smp = None if smp[0] is None else np.concatenate(smp)
+        rows.append({"k": "all", "method": method, **probabilistic_scores(y, m, s, smp),
+                     "reliability": reliability(y, m, s),
+                     "levels": list(RELIABILITY_LEVELS)})
+    return rows
+
+
+def samplers(model, sizes, d=5, k=10):
+    """Quality and wall time against the sampler, its number of steps, and n_samples."""
+    T = model.schedule.timesteps
+    tasks = make_tasks("linear", sizes.sampler_tasks, k, d, _seed(8, d, k))
+    y, var = tasks.y_q[:, 0], y_variance("linear", d)
+    settings = [("ddim", s, sizes.samples) for s in sizes.ddim_steps if s <= T]
+    settings += [("ddpm", T, n) for n in sizes.sample_counts]
+    rows = []
+    for sampler, steps, n in settings:
+        samples, sec = model.sample(tasks, n, _seed(8, steps, n), sampler=sampler, n_steps=steps)
+        scores = probabilistic_scores(y, samples.mean(1), samples.std(1, ddof=1), samples)
+        rows.append({"sampler": sampler, "steps": steps, "n_samples": n,
+                     "nse": float(np.mean(mc_corrected_sq_error(samples, y)) / var),
+                     "nse_raw": scores["mse"] / var, "crps": scores["crps"],
+                     "cov90": scores["cov90"],
+                     "ms_per_query": 1000 * sec / len(tasks)})
+    return rows

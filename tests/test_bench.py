@@ -1,0 +1,91 @@
+"""The benchmark suite: its building blocks exactly, and the whole report on a tiny model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from skdiffusion.bench.__main__ import Sizes, run
+from skdiffusion.bench.baselines import baselines_for, predict_baselines
+from skdiffusion.bench.metrics import (bootstrap_band, mc_corrected_sq_error,
+                                       probabilistic_scores)
+from skdiffusion.bench.tasks import FAMILIES, make_tasks
+
+
+def test_y_scale_variant_scales_data_and_bayes_exactly():
+    base = make_tasks("linear", 20, 4, 3, seed=1)
+    scaled = make_tasks("linear", 20, 4, 3, seed=1, variant="y * 10")
+    np.testing.assert_allclose(scaled.y_ctx, 10 * base.y_ctx)
+    for a, b in zip(scaled.bayes(), base.bayes()):
+        np.testing.assert_allclose(a, 10 * b, rtol=1e-10)
+
+
+def test_irrelevant_features_bayes_uses_only_the_relevant_ones():
+    t = make_tasks("linear", 2000, 12, 6, seed=2, variant="d more, irrelevant features")
+    assert t.relevant == 3
+    mean, std = t.bayes()
+    # with 12 points and 3 relevant features, the oracle is near the noise floor 0.1^2
+    assert np.mean((mean - t.y_q) ** 2) < 2 * 0.1**2
+    assert np.all(std >= 0.1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_families_shapes_and_no_context_baselines(family):
+    t = make_tasks(family, 30, 0, 4, seed=3)
+    assert t.X_ctx.shape == (30, 0, 4) and t.X_q.shape == (30, 1, 4)
+    preds = predict_baselines(baselines_for(family), t)
+    assert all(np.all(p == 0.0) for p in preds.values())  # the prior mean
+
+
+def test_mc_correction_is_unbiased():
+    rng = np.random.default_rng(0)
+    mu, y = rng.standard_normal(20000), rng.standard_normal(20000)
+    samples = mu[:, None] + 2.0 * rng.standard_normal((20000, 4))
+    exact = np.mean((mu - y) ** 2)
+    naive = np.mean((samples.mean(1) - y) ** 2)          # inflated by 4 / 4 = 1
+    corrected = np.mean(mc_corrected_sq_error(samples, y))
+    assert abs(naive - exact - 1.0) < 0.1
+    assert abs(corrected - exact) < 0.1
+
+
+def test_probabilistic_scores_of_an_exact_gaussian():
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal(20000)
+    zeros, ones = np.zeros_like(y), np.ones_like(y)
+    closed = probabilistic_scores(y, zeros, ones)
+    ens = probabilistic_scores(y, zeros, ones, samples=rng.standard_normal((20000, 8)))
+    crps_n01 = 2 / math.sqrt(2 * math.pi) - 1 / math.sqrt(math.pi)  # E CRPS(N(0,1), y~N(0,1))
+    assert abs(closed["crps"] - crps_n01) < 0.01
+    assert abs(ens["crps"] - crps_n01) < 0.01  # the fair estimator has no 1/m bias
+    for level in (50, 80, 90, 95):
+        assert abs(closed[f"cov{level}"] - level / 100) < 0.01
+
+
+def test_bootstrap_band_brackets_the_mean():
+    v = np.random.default_rng(2).exponential(size=500)
+    lo, hi = bootstrap_band(v)
+    assert lo < v.mean() < hi and hi - lo < 0.3
+
+
+def test_tiny_report_end_to_end(tmp_path, tiny):
+    sizes = Sizes(families=("linear", "decision_tree"), ds=(3,), k_grid={3: (0, 5)}, tasks=40,
+                  samples=4, variants=("none", "y * 10"), robust_tasks=8, calibration_ks=(4,),
+                  calibration_tasks=8, calibration_samples=8, sampler_tasks=8,
+                  ddim_steps=(2, 1000), sample_counts=(2,), datasets=("linnerud Pulse",))
+    text = run(tiny, sizes, str(tmp_path), "tiny", log=lambda *a: None)
+    for name in ("REPORT.md", "report.json", "curves_linear.png", "curves_decision_tree.png",
+                 "robustness.png", "reliability.png", "samplers.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "REPORT.md").read_text() == text
+    for section in ("In-context curves", "Robustness", "Calibration", "Samplers", "Real"):
+        assert section in text
+    rep = json.loads((tmp_path / "report.json").read_text())
+    numbers = [v for sec in ("curves", "robustness", "calibration", "samplers", "real")
+               for row in rep[sec] for key, v in row.items()
+               if isinstance(v, float) and not (row.get("method") == "5-NN" and key == "cov90")]
+    assert numbers and all(math.isfinite(v) for v in numbers)
+    # DDIM steps above T are skipped; the Bayes answer is near the noise floor at k = 5
+    assert {r["steps"] for r in rep["samplers"] if r["sampler"] == "ddim"} == {2}
+    bayes = [r for r in rep["curves"] if r["method"] == "Bayes" and r["k"] == 5]
+    assert bayes[0]["nse"] < 0.05
