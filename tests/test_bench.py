@@ -55,9 +55,9 @@ def test_probabilistic_scores_of_an_exact_gaussian():
     zeros, ones = np.zeros_like(y), np.ones_like(y)
     closed = probabilistic_scores(y, zeros, ones)
     ens = probabilistic_scores(y, zeros, ones, samples=rng.standard_normal((20000, 8)))
-    crps_n01 = 2 / math.sqrt(2 * math.pi) - 1 / math.sqrt(math.pi)  # E CRPS(N(0,1), y~N(0,1))
-    assert abs(closed["crps"] - crps_n01) < 0.01
-    assert abs(ens["crps"] - crps_n01) < 0.01  # the fair estimator has no 1/m bias
+    crps_n01 = 1 / math.sqrt(math.pi)  # E CRPS(N(0, 1), y) for y ~ N(0, 1)
+    assert abs(closed["crps"] - crps_n01) < 0.015  # ~5 standard errors
+    assert abs(ens["crps"] - crps_n01) < 0.015  # the fair estimator has no 1/m bias
     for level in (50, 80, 90, 95):
         assert abs(closed[f"cov{level}"] - level / 100) < 0.01
 

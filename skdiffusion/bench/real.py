@@ -3,6 +3,7 @@ scikit-learn ships or generates offline."""
 
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 from sklearn.datasets import load_diabetes, load_linnerud, make_friedman1, make_friedman2, make_friedman3
@@ -20,14 +21,18 @@ from sklearn.preprocessing import StandardScaler
 from ..estimator import DiffusionICLRegressor
 from .metrics import probabilistic_scores
 
+def _linnerud(target):
+    data = load_linnerud()
+    return data.data, data.target[:, target]
+
+
 # Friedman noise levels give roughly the 3:1 signal-to-noise ratio of Friedman (1991).
 DATASETS = {
     "diabetes": lambda: load_diabetes(return_X_y=True),
     "friedman1": lambda: make_friedman1(n_samples=200, noise=1.0, random_state=0),
     "friedman2": lambda: make_friedman2(n_samples=200, noise=110.0, random_state=0),
     "friedman3": lambda: make_friedman3(n_samples=200, noise=0.1, random_state=0),
-    **{f"linnerud {name}": (lambda j: lambda: (load_linnerud().data, load_linnerud().target[:, j]))(j)
-       for j, name in enumerate(("Weight", "Waist", "Pulse"))},
+    **{f"linnerud {name}": partial(_linnerud, j) for j, name in enumerate(("Weight", "Waist", "Pulse"))},
 }
 
 
