@@ -97,17 +97,22 @@ def plot_reliability(rows, path):
 
 def plot_samplers(rows, path):
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    panels = [("crps", "CRPS"), ("nse_raw", "squared error of the n-sample mean / Var(y)"),
+              ("cov90", "coverage of the 90 % interval")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     for sampler in ("ddim", "ddpm"):
         rs = [r for r in rows if r["sampler"] == sampler]
-        for ax, key in zip(axes, ("crps", "nse_raw")):
+        for ax, (key, _) in zip(axes, panels):
             ax.plot([r["ms_per_query"] for r in rs], [r[key] for r in rs], marker="o", label=sampler)
             for r in rs:
                 label = f"S={r['steps']}" if sampler == "ddim" else f"n={r['n_samples']}"
                 ax.annotate(label, (r["ms_per_query"], r[key]), fontsize=7)
-    axes[0].set(xscale="log", xlabel="ms per query (batched, this machine)", ylabel="CRPS")
-    axes[1].set(xscale="log", xlabel="ms per query (batched, this machine)",
-                ylabel="squared error of the sample mean / Var(y)")
+    for ax, (_, ylabel) in zip(axes, panels):
+        ax.set(xscale="log", xlabel="ms per query (batched, this machine)", ylabel=ylabel)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[2].axhline(0.9, color="gray", lw=0.8, ls="--")
     axes[0].legend()
     _save(fig, path)
 
