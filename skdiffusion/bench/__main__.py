@@ -49,14 +49,14 @@ class Sizes:
                    ddim_steps=(5, 25), sample_counts=(8, 32), datasets=("diabetes", "friedman1"))
 
 
-def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print):
+def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progress=False):
     """Run all benchmarks, write the report to ``out`` and return its Markdown text."""
     sizes = sizes or Sizes()
     model = BenchModel(params)
     sections, timing = {}, {}
     d = sizes.ds[0]  # robustness, calibration and samplers use the first d
-    jobs = [("curves", lambda: synthetic.curves(model, sizes, sizes.families)),
-            ("robustness", lambda: synthetic.robustness(model, sizes, sizes.variants, d)),
+    jobs = [("curves", lambda: synthetic.curves(model, sizes, sizes.families, progress)),
+            ("robustness", lambda: synthetic.robustness(model, sizes, sizes.variants, d, progress)),
             ("calibration", lambda: synthetic.calibration(model, sizes, d)),
             ("samplers", lambda: synthetic.samplers(model, sizes, d)),
             ("real", lambda: real.cross_validate(model.params, sizes.datasets))]
@@ -180,7 +180,7 @@ def main(argv=None):
             return print(write_report(json.load(f), args.out))
     command = "python -m skdiffusion.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(run(json.loads(args.params), Sizes.quick() if args.quick else Sizes(), args.out,
-              command.strip()))
+              command.strip(), progress=True))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from sklearn.linear_model import BayesianRidge
+from tqdm.auto import tqdm
 
 from .baselines import baselines_for, predict_baselines
 from .metrics import (RELIABILITY_LEVELS, bootstrap_band, mc_corrected_sq_error,
@@ -38,29 +39,31 @@ def _error_rows(tasks, model, sizes, seed, baselines, normalizer, **key):
     return rows
 
 
-def curves(model, sizes, families):
+def curves(model, sizes, families, progress=False):
     """Error against context size k for each family and d (Garg et al., Figure 2)."""
-    rows = []
-    for fi, family in enumerate(families):
-        for d in sizes.ds:
-            var = y_variance(family, d)
-            for k in sizes.ks(d):
-                tasks = make_tasks(family, sizes.tasks, k, d, _seed(fi, d, k))
-                rows += _error_rows(tasks, model, sizes, _seed(fi, d, k), baselines_for(family),
-                                    var, family=family, d=d, k=k)
+    points = [(fi, family, d, k) for fi, family in enumerate(families)
+              for d in sizes.ds for k in sizes.ks(d)]
+    rows, var = [], {}
+    for fi, family, d, k in tqdm(points, desc="curves", disable=not progress):
+        if (family, d) not in var:
+            var[family, d] = y_variance(family, d)
+        tasks = make_tasks(family, sizes.tasks, k, d, _seed(fi, d, k))
+        rows += _error_rows(tasks, model, sizes, _seed(fi, d, k), baselines_for(family),
+                            var[family, d], family=family, d=d, k=k)
     return rows
 
 
-def robustness(model, sizes, variants, d=5):
+def robustness(model, sizes, variants, d=5, progress=False):
     """The linear curve for prompts unlike training (see ``tasks.VARIANTS``)."""
-    rows = []
-    for vi, variant in enumerate(variants):
+    points = [(vi, variant, k) for vi, variant in enumerate(variants) for k in sizes.ks(d)]
+    rows, var = [], {}
+    for vi, variant, k in tqdm(points, desc="robustness", disable=not progress):
         dd = 2 * d if "irrelevant" in variant else d
-        var = float(np.var(make_tasks("linear", 20000, 0, dd, 12345, variant).y_q))
-        for k in sizes.ks(d):
-            tasks = make_tasks("linear", sizes.robust_tasks, k, dd, _seed(vi, 7, k), variant)
-            rows += _error_rows(tasks, model, sizes, _seed(vi, 7, k),
-                                ("least squares", "BayesianRidge"), var, variant=variant, k=k)
+        if variant not in var:
+            var[variant] = float(np.var(make_tasks("linear", 20000, 0, dd, 12345, variant).y_q))
+        tasks = make_tasks("linear", sizes.robust_tasks, k, dd, _seed(vi, 7, k), variant)
+        rows += _error_rows(tasks, model, sizes, _seed(vi, 7, k),
+                            ("least squares", "BayesianRidge"), var[variant], variant=variant, k=k)
     return rows
 
 
