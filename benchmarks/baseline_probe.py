@@ -4,13 +4,15 @@ by leave-one-out help? (No network: this is the untrained model's answer.)
 For noisy and noise-0.1 linear tasks, each task standardized by its context as the
 estimator does, prints the squared error / Var(y) of: the baseline mean the denoiser uses
 (light ridge, shrunk at high leverage), the ridge among ``RIDGE_LAMBDAS`` with the lowest
-closed-form leave-one-out error, and exact Bayes.
+closed-form leave-one-out error, the evidence-maximizing ridge (scikit-learn's
+``BayesianRidge`` without intercept, on the same standardized context) and exact Bayes.
 
     python benchmarks/baseline_probe.py
 """
 
 import numpy as np
 import torch
+from sklearn.linear_model import BayesianRidge
 
 from skdiffusion.bench.tasks import make_tasks, y_variance
 from skdiffusion.denoiser import RIDGE_FLOOR, RIDGE_LAMBDAS, _baseline_moments, ridge_features
@@ -44,9 +46,14 @@ def loo_ridge(x, y, xq):
     return best
 
 
+def evidence_ridge(x, y, xq):
+    return torch.tensor([BayesianRidge(fit_intercept=False).fit(a, b).predict(q)[0]
+                         for a, b, q in zip(x.numpy(), y.numpy(), xq.numpy())])
+
+
 def main():
-    print("| family | d | k | baseline (light ridge) | LOO-selected ridge | Bayes |")
-    print("|---|---|---|---|---|---|")
+    print("| family | d | k | baseline (light ridge) | LOO-selected ridge | evidence ridge | Bayes |")
+    print("|---|---|---|---|---|---|---|")
     for family in ("linear", "noisy_linear"):
         for d, ks in ((5, (3, 5, 7, 10, 12)), (10, (6, 10, 12, 20))):
             var = y_variance(family, d)
@@ -59,8 +66,9 @@ def main():
                 m, _ = _baseline_moments(ridge_features(xa, ya, is_ctx))
                 base = (m[:, -1] * ys + ym).numpy()
                 loo = (loo_ridge(x, y, xq) * ys + ym).numpy()
+                evidence = (evidence_ridge(x, y, xq) * ys + ym).numpy()
                 yq = t.y_q[:, 0]
-                err = [np.mean((p - yq) ** 2) / var for p in (base, loo, t.bayes()[0][:, 0])]
+                err = [np.mean((p - yq) ** 2) / var for p in (base, loo, evidence, t.bayes()[0][:, 0])]
                 print(f"| {family} | {d} | {k} | " + " | ".join(f"{e:.3g}" for e in err) + " |")
 
 
