@@ -4,6 +4,8 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from sklearn.linear_model import BayesianRidge
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.neural_network import MLPRegressor
@@ -36,6 +38,12 @@ BASELINES = {
 }
 COMMON = ("least squares", "BayesianRidge", "3-NN", "averaging")
 FAMILY_EXTRA = {"decision_tree": ("decision tree",), "relu_net": ("MLP",)}
+
+
+def gaussian_process(d):
+    """GP with an ARD RBF kernel plus white noise, hyperparameters by marginal likelihood."""
+    kernel = ConstantKernel() * RBF(np.ones(d)) + WhiteKernel()
+    return GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
 
 
 def baselines_for(family):

@@ -9,8 +9,6 @@ import numpy as np
 from sklearn.datasets import load_diabetes, load_linnerud, make_friedman1, make_friedman2, make_friedman3
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from sklearn.linear_model import BayesianRidge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
@@ -19,6 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..estimator import DiffusionICLRegressor
+from .baselines import gaussian_process
 from .metrics import probabilistic_scores
 
 def _linnerud(target):
@@ -61,9 +60,7 @@ def _knn(X, y, Xt):
 
 
 def _gp(d):
-    kernel = ConstantKernel() * RBF(np.ones(d)) + WhiteKernel()
-    return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True,
-                                                                    random_state=0))
+    return make_pipeline(StandardScaler(), gaussian_process(d))
 
 
 def methods(params):

@@ -5,12 +5,10 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from sklearn.linear_model import BayesianRidge
 from tqdm.auto import tqdm
 
-from .baselines import baselines_for, predict_baselines
+from .baselines import baselines_for, gaussian_process, predict_baselines
 from .metrics import (RELIABILITY_LEVELS, bootstrap_band, mc_corrected_sq_error,
                       probabilistic_scores, reliability)
 from .tasks import make_tasks, y_variance
@@ -67,11 +65,6 @@ def robustness(model, sizes, variants, d=5, progress=False):
     return rows
 
 
-def _gp(d):
-    kernel = ConstantKernel() * RBF(np.ones(d)) + WhiteKernel()
-    return GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
-
-
 def _fit_predict_std(make, tasks):
     out = []
     with warnings.catch_warnings():
@@ -95,7 +88,7 @@ def calibration(model, sizes, d=5):
         preds = {MODEL: (samples.mean(1), samples.std(1, ddof=1), samples),
                  "Bayes": (bm[:, 0], bs[:, 0], None),
                  "BayesianRidge": (*_fit_predict_std(lambda d: BayesianRidge(), tasks), None),
-                 "GP (RBF + white)": (*_fit_predict_std(_gp, tasks), None)}
+                 "GP (RBF + white)": (*_fit_predict_std(gaussian_process, tasks), None)}
         for method, (m, s, smp) in preds.items():
             rows.append({"k": k, "method": method, **probabilistic_scores(y, m, s, smp)})
             pm = pooled.setdefault(method, [[], [], [], []])
