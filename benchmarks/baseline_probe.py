@@ -15,16 +15,18 @@ import torch
 from sklearn.linear_model import BayesianRidge
 
 from skdiffusion.bench.tasks import make_tasks, y_variance
-from skdiffusion.denoiser import RIDGE_FLOOR, RIDGE_LAMBDAS, _baseline_moments, ridge_features
-from skdiffusion.priors import context_stats
+from skdiffusion.denoiser import (
+    RIDGE_FLOOR,
+    RIDGE_LAMBDAS,
+    _baseline_moments,
+    ridge_features,
+)
+from skdiffusion.inference import standardize_tasks
 
 
 def standardized(tasks):
-    Xc, yc, Xq = (torch.tensor(a) for a in (tasks.X_ctx, tasks.y_ctx, tasks.X_q))
-    is_ctx = torch.ones(Xc.shape[:2], dtype=torch.bool)
-    xm, xs = context_stats(Xc, is_ctx)
-    ym, ys = context_stats(yc[..., None], is_ctx)
-    return (Xc - xm) / xs, ((yc[..., None] - ym) / ys)[..., 0], (Xq - xm) / xs, ym.reshape(-1), ys.reshape(-1)
+    x, y, xq, ym, ys = standardize_tasks(*(torch.tensor(a) for a in (tasks.X_ctx, tasks.y_ctx, tasks.X_q)))
+    return x, y, xq, ym.reshape(-1), ys.reshape(-1)
 
 
 def loo_ridge(x, y, xq):

@@ -38,6 +38,12 @@ def least_squares(X_ctx, y_ctx, X_q):
     return X_q @ np.linalg.lstsq(X_ctx, y_ctx, rcond=None)[0]
 
 
+def coverage(y, mean, std, level=0.9):
+    """Fraction of ``y`` inside the central ``level`` interval mean +- z * std."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return float(np.mean(np.abs(y - mean) <= z * std))
+
+
 def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_std=0.1,
                      n_tasks=200, n_queries=5, n_samples=64, seed=0, level=0.9, **sampler_kw):
     """Rows of {k, mse, bayes_mse, lsq_mse, ratio, coverage, bayes_coverage} per k.
@@ -46,7 +52,6 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
     (for n = 64 samples, empirical 5 %/95 % quantiles alone would cover only ~0.87 of a
     perfect sampler's draws).
     """
-    z = NormalDist().inv_cdf(0.5 + level / 2)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for k in ks:
@@ -60,8 +65,8 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
         mse, bayes_mse = float(np.mean((mean - yq) ** 2)), float(np.mean((bm - yq) ** 2))
         rows.append({"k": k, "mse": mse, "bayes_mse": bayes_mse,
                      "lsq_mse": float(np.mean((lsq - yq) ** 2)), "ratio": mse / bayes_mse,
-                     "coverage": float(np.mean(np.abs(yq - mean) <= z * std)),
-                     "bayes_coverage": float(np.mean(np.abs(yq - bm) <= z * bs))})
+                     "coverage": coverage(yq, mean, std, level),
+                     "bayes_coverage": coverage(yq, bm, bs, level)})
     return rows
 
 

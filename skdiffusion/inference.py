@@ -56,6 +56,16 @@ def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm
                   progress)
 
 
+def standardize_tasks(X_ctx, y_ctx, X_q):
+    """Each task standardized by its own context, as in training: (x_ctx, y_ctx, x_q,
+    y_mean, y_scale), the last two of shape (B, 1, 1) to map samples back."""
+    is_ctx = torch.ones(X_ctx.shape[:2], dtype=torch.bool, device=X_ctx.device)
+    x_mean, x_scale = context_stats(X_ctx, is_ctx)
+    y_mean, y_scale = context_stats(y_ctx[..., None], is_ctx)
+    y_c = ((y_ctx[..., None] - y_mean) / y_scale)[..., 0]
+    return (X_ctx - x_mean) / x_scale, y_c, (X_q - x_mean) / x_scale, y_mean, y_scale
+
+
 @torch.no_grad()
 def sample_raw_tasks(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator, **sampler_kw):
     """Samples (B, m, n_samples) of y in original units for a batch of raw tasks.
@@ -66,12 +76,8 @@ def sample_raw_tasks(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator, *
     """
     device = next(model.parameters()).device
     X_ctx, y_ctx, X_q = X_ctx.to(device), y_ctx.to(device), X_q.to(device)
-    is_ctx = torch.ones(X_ctx.shape[:2], dtype=torch.bool, device=device)
-    x_mean, x_scale = context_stats(X_ctx, is_ctx)
-    y_mean, y_scale = context_stats(y_ctx[..., None], is_ctx)
-    y_c = ((y_ctx[..., None] - y_mean) / y_scale)[..., 0]
+    x_c, y_c, x_q, y_mean, y_scale = standardize_tasks(X_ctx, y_ctx, X_q)
     draws = n_noise_draws(schedule, sampler_kw.get("sampler", "ddpm"), sampler_kw.get("n_steps"))
     noise = draw_noise(draws, (*X_q.shape[:2], n_samples), generator, X_q.dtype).to(device)
-    s = sample_standardized(model, schedule, (X_ctx - x_mean) / x_scale, y_c,
-                            (X_q - x_mean) / x_scale, noise, **sampler_kw)
+    s = sample_standardized(model, schedule, x_c, y_c, x_q, noise, **sampler_kw)
     return (s * y_scale + y_mean).cpu()

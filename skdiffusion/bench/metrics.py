@@ -7,10 +7,10 @@ methods are compared on the same footing (with 16-64 samples, empirical 5 %/95 %
 quantiles are too noisy).
 """
 
-from statistics import NormalDist
-
 import numpy as np
 import scoringrules
+
+from ..evaluation import coverage
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 RELIABILITY_LEVELS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
@@ -30,11 +30,6 @@ def bootstrap_band(values, level=0.9, n_boot=1000, seed=0):
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
     return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
-
-
-def coverage(y, mean, std, level):
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    return float(np.mean(np.abs(y - mean) <= z * std))
 
 
 def probabilistic_scores(y, mean, std, samples=None, levels=LEVELS):

@@ -20,6 +20,7 @@ from ..estimator import DiffusionICLRegressor
 from .baselines import gaussian_process
 from .metrics import probabilistic_scores
 
+
 def _linnerud(target):
     data = load_linnerud()
     return data.data, data.target[:, target]
