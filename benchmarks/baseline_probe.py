@@ -3,9 +3,10 @@ by leave-one-out help? (No network: this is the untrained model's answer.)
 
 For noisy and noise-0.1 linear tasks, each task standardized by its context as the
 estimator does, prints the squared error / Var(y) of: the baseline mean the denoiser uses
-(light ridge, shrunk at high leverage), the ridge among ``RIDGE_LAMBDAS`` with the lowest
-closed-form leave-one-out error, the evidence-maximizing ridge (scikit-learn's
-``BayesianRidge`` without intercept, on the same standardized context) and exact Bayes.
+with each ``ridge_penalty`` (fixed light ridge, or the evidence-maximizing penalty; both
+shrunk at high leverage), the ridge among ``RIDGE_LAMBDAS`` with the lowest closed-form
+leave-one-out error, scikit-learn's ``BayesianRidge`` without intercept on the same
+standardized context, and exact Bayes.
 
     python benchmarks/baseline_probe.py
 """
@@ -17,6 +18,7 @@ from sklearn.linear_model import BayesianRidge
 from skdiffusion.bench.tasks import make_tasks, y_variance
 from skdiffusion.denoiser import (
     RIDGE_FLOOR,
+    LEVERAGE_CAPS,
     RIDGE_LAMBDAS,
     _baseline_moments,
     ridge_features,
@@ -54,8 +56,9 @@ def evidence_ridge(x, y, xq):
 
 
 def main():
-    print("| family | d | k | baseline (light ridge) | LOO-selected ridge | evidence ridge | Bayes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| family | d | k | baseline, fixed penalty | baseline, evidence penalty "
+          "| LOO-selected ridge | BayesianRidge | Bayes |")
+    print("|---|---|---|---|---|---|---|---|")
     for family in ("linear", "noisy_linear"):
         for d, ks in ((5, (3, 5, 7, 10, 12)), (10, (6, 10, 12, 20))):
             var = y_variance(family, d)
@@ -65,12 +68,13 @@ def main():
                 xa, ya = torch.cat([x, xq], 1), torch.cat([y, torch.zeros(len(y), 1, dtype=y.dtype)], 1)
                 is_ctx = torch.zeros(ya.shape, dtype=torch.bool)
                 is_ctx[:, :k] = True
-                m, _ = _baseline_moments(ridge_features(xa, ya, is_ctx))
-                base = (m[:, -1] * ys + ym).numpy()
+                base = [(_baseline_moments(ridge_features(xa, ya, is_ctx, penalty=p),
+                                           LEVERAGE_CAPS[p])[0][:, -1] * ys + ym).numpy()
+                        for p in LEVERAGE_CAPS]
                 loo = (loo_ridge(x, y, xq) * ys + ym).numpy()
                 evidence = (evidence_ridge(x, y, xq) * ys + ym).numpy()
                 yq = t.y_q[:, 0]
-                err = [np.mean((p - yq) ** 2) / var for p in (base, loo, evidence, t.bayes()[0][:, 0])]
+                err = [np.mean((p - yq) ** 2) / var for p in (*base, loo, evidence, t.bayes()[0][:, 0])]
                 print(f"| {family} | {d} | {k} | " + " | ".join(f"{e:.3g}" for e in err) + " |")
 
 

@@ -47,24 +47,60 @@ def attention_mask(is_context):
 
 RIDGE_LAMBDAS = (1e-3, 0.1, 1.0)  # times the context size, on standardized data
 RIDGE_FLOOR = 1e-2  # plus this, so the solve is well-posed for any context
-LEVERAGE_CAP = 10.0  # baseline means are shrunk beyond this leverage
+# Baseline means are shrunk beyond this leverage. The evidence penalty already shrinks
+# ill-determined directions, so its fit needs this only for far extrapolations
+# (benchmarks/baseline_probe.py: cap 10 -> 100 takes linear d=10, k=12 from 0.16 to 0.04).
+LEVERAGE_CAPS = {"fixed": 10.0, "evidence": 100.0}
+NOISE_PRIOR = 0.01  # pseudo-observations of variance 1 in the residual variance
+PENALTIES = ("fixed", "evidence")
 
 
-def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS):
+def _noise_variance(rss, dof):
+    """Residual variance shrunk towards 1 (the variance of standardized y)."""
+    return (rss + NOISE_PRIOR) / (dof + NOISE_PRIOR)
+
+
+def evidence_penalty(gram, rhs, yy, k, n_iter=30):
+    """Ridge penalty (B, 1, 1) maximizing each task's marginal likelihood (MacKay's
+    fixed point, as scikit-learn's ``BayesianRidge``), in the eigenbasis of the Gram
+    matrix so that every iteration is elementwise. The weight variance is shrunk towards
+    1 and the noise variance as in :func:`_noise_variance` (NOISE_PRIOR pseudo-counts),
+    so empty or exactly-fitted contexts stay well-defined; clamped to [RIDGE_FLOOR, 1e4]."""
+    s, Q = torch.linalg.eigh(gram)
+    s = s.clamp(min=0)
+    z2 = (Q.transpose(1, 2) @ rhs)[..., 0] ** 2                      # (B, F)
+    yy, k = yy.reshape(-1, 1), k.reshape(-1, 1)
+    lam = torch.ones_like(yy)
+    for _ in range(n_iter):
+        inv = 1 / (s + lam)
+        gamma = (s * inv).sum(-1, keepdim=True)                       # effective parameters
+        w2 = (z2 * inv**2).sum(-1, keepdim=True)
+        rss = (yy - (z2 * inv * (2 - s * inv)).sum(-1, keepdim=True)).clamp(min=0)
+        weight_var = (w2 + NOISE_PRIOR) / (gamma + NOISE_PRIOR)
+        lam = (_noise_variance(rss, k - gamma) / weight_var).clamp(RIDGE_FLOOR, 1e4)
+    return lam[..., None]
+
+
+def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
     """Ridge fits to the context rows of each task: (coefficients (B, F, L), inverse of
-    the first regularized Gram matrix (B, F, F), residual variance (B, 1))."""
+    the first regularized Gram matrix (B, F, F), residual variance (B, 1)).
+
+    The first penalty is ``lambdas[0] * k + RIDGE_FLOOR`` (``penalty="fixed"``) or the
+    evidence-maximizing one (``"evidence"``); the others are always fixed."""
     w = is_context.to(x.dtype)[..., None]
     k = w.sum(dim=1, keepdim=True).clamp(min=1)                      # (B, 1, 1)
     gram = (x * w).transpose(1, 2) @ x                                # (B, F, F)
     rhs = (x * w).transpose(1, 2) @ y[..., None]                      # (B, F, 1)
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    coefs = torch.cat([torch.linalg.solve(gram + (lam * k + RIDGE_FLOOR) * eye, rhs)
-                       for lam in lambdas], dim=-1)
-    inv = torch.linalg.inv(gram + (lambdas[0] * k + RIDGE_FLOOR) * eye)
+    pens = [lam * k + RIDGE_FLOOR for lam in lambdas]
+    if penalty == "evidence":
+        pens[0] = evidence_penalty(gram, rhs, (y**2 * w[..., 0]).sum(1), w.sum(1))
+    coefs = torch.cat([torch.linalg.solve(gram + pen * eye, rhs) for pen in pens], dim=-1)
+    inv = torch.linalg.inv(gram + pens[0] * eye)
     lev = ((x @ inv) * x).sum(-1).clamp(min=0)
     resid = ((y - (x @ coefs[..., :1])[..., 0]) ** 2 * w[..., 0]).sum(1, keepdim=True)
     dof = (k[..., 0] - (lev * w[..., 0]).sum(1, keepdim=True)).clamp(min=0)
-    return coefs, inv, (resid + 0.01) / (dof + 0.01)
+    return coefs, inv, _noise_variance(resid, dof)
 
 
 def ridge_features_at(fit, x):
@@ -77,35 +113,35 @@ def ridge_features_at(fit, x):
     return torch.cat([x @ coefs, lev[..., None], noise_var.expand_as(lev)[..., None]], -1)
 
 
-def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS):
+def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
     """:func:`ridge_features_at` every token, fitted on the context tokens."""
-    return ridge_features_at(fit_ridge(x, y, is_context, lambdas), x)
+    return ridge_features_at(fit_ridge(x, y, is_context, lambdas, penalty), x)
 
 
-def _baseline_moments(features):
+def _baseline_moments(features, cap):
     m, lev, noise_var = features[..., 0], features[..., -2], features[..., -1]
-    m = m / (lev / LEVERAGE_CAP).clamp(min=1)  # shrink far extrapolations to the mean
+    m = m / (lev / cap).clamp(min=1)  # shrink far extrapolations to the mean
     return m, (noise_var * (1 + lev)).clamp(1e-4, 10.0)
 
 
-def residual_scale(features, abar_t, prediction_type):
+def residual_scale(features, abar_t, prediction_type, cap):
     """Standard deviation of (true target - Gaussian baseline) if the baseline's Gaussian
     were exact: s_post / b for v, s_post for y0 and s_post * a / b for eps, where
     s_post^2 = s^2 b^2 / (a^2 s^2 + b^2) is the posterior variance of y0 given y_t."""
-    _, s2 = _baseline_moments(features)
+    _, s2 = _baseline_moments(features, cap)
     a2, b2 = abar_t, 1 - abar_t
     base = (s2 / (a2 * s2 + b2)).sqrt()
     scale = {"v": base, "sample": base * b2.sqrt(), "epsilon": base * a2.sqrt()}[prediction_type]
     return scale.clamp(min=1e-3)
 
 
-def gaussian_baseline(features, abar_t, y_t, prediction_type):
+def gaussian_baseline(features, abar_t, y_t, prediction_type, cap):
     """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md).
 
-    m is the light ridge prediction, divided by leverage / LEVERAGE_CAP where that exceeds 1 (far
-    extrapolation, typical of 1-3 point contexts after per-feature standardization);
+    m is the first ridge's prediction, divided by leverage / ``cap`` where that exceeds 1
+    (far extrapolation, typical of 1-3 point contexts after per-feature standardization);
     s^2 = noise variance * (1 + leverage)."""
-    m, s2 = _baseline_moments(features)
+    m, s2 = _baseline_moments(features, cap)
     a, b2 = abar_t.sqrt(), 1 - abar_t
     gain = (y_t - a * m) / (abar_t * s2 + b2)
     eps, y0 = b2.sqrt() * gain, m + a * s2 * gain
@@ -123,8 +159,11 @@ class SetDenoiser(nn.Module):
     """
 
     def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_baseline=True,
-                 abar=None, prediction_type="v", residual_scaling=True):
+                 abar=None, prediction_type="v", residual_scaling=True, ridge_penalty="fixed"):
         super().__init__()
+        if ridge_penalty not in PENALTIES:
+            raise ValueError(f"ridge_penalty must be one of {PENALTIES}, got {ridge_penalty!r}")
+        self.ridge_penalty, self.leverage_cap = ridge_penalty, LEVERAGE_CAPS[ridge_penalty]
         self.residual_scaling = residual_scaling
         self.max_features, self.n_embd = max_features, n_embd
         self.linear_baseline, self.prediction_type = linear_baseline, prediction_type
@@ -164,8 +203,9 @@ class SetDenoiser(nn.Module):
         if self.linear_baseline:
             abar_t = self.abar.to(y.dtype)[t]
             if self.residual_scaling:
-                scale = residual_scale(feats, abar_t, self.prediction_type)
-            pred = scale * pred + gaussian_baseline(feats, abar_t, y, self.prediction_type)
+                scale = residual_scale(feats, abar_t, self.prediction_type, self.leverage_cap)
+            pred = scale * pred + gaussian_baseline(feats, abar_t, y, self.prediction_type,
+                                                    self.leverage_cap)
         return (pred, scale) if return_scale else pred
 
     def forward(self, x, y, is_context, t, return_scale=False):
@@ -174,7 +214,8 @@ class SetDenoiser(nn.Module):
         With ``return_scale`` also returns the per-token scale the loss divides by."""
         if x.shape[-1] != self.max_features:
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
-        feats = ridge_features(x, y, is_context) if self.linear_baseline else None
+        feats = (ridge_features(x, y, is_context, penalty=self.ridge_penalty)
+                 if self.linear_baseline else None)
         h = self._embed(x, y, is_context, t, feats)
         position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
         out = self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
@@ -197,7 +238,8 @@ class SetDenoiser(nn.Module):
         """Cache for :meth:`forward_targets`: per-layer context keys/values and ridge fit."""
         B, k = y_ctx.shape
         is_ctx = torch.ones((B, k), dtype=torch.bool, device=x_ctx.device)
-        fit = fit_ridge(x_ctx, y_ctx, is_ctx) if self.linear_baseline else None
+        fit = (fit_ridge(x_ctx, y_ctx, is_ctx, penalty=self.ridge_penalty)
+               if self.linear_baseline else None)
         feats = ridge_features_at(fit, x_ctx) if self.linear_baseline else None
         t = torch.zeros((B, k), dtype=torch.long, device=x_ctx.device)
         blocks, pos, _ = self._blocks()

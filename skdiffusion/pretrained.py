@@ -25,13 +25,14 @@ _MEMORY = {}
 
 def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_head=4,
               timesteps=100, schedule="cosine", prediction_type="v", linear_baseline=True,
-              train=None):
+              train=None, ridge_penalty="fixed"):
     """Canonical, JSON-able configuration of a meta-trained denoiser."""
     cfg = TrainConfig(**(train or {}))
     spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
             "n_embd": int(n_embd), "n_head": int(n_head), "timesteps": int(timesteps),
             "schedule": schedule, "prediction_type": prediction_type,
             "linear_baseline": bool(linear_baseline), "residual_scaling": bool(linear_baseline),
+            "ridge_penalty": ridge_penalty,
             "train": cfg.to_dict()}
     return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
 
@@ -48,7 +49,8 @@ def build(spec):
         torch.manual_seed(spec["train"]["seed"])
         model = SetDenoiser(spec["max_features"], spec["n_layer"], spec["n_embd"], spec["n_head"],
                             spec["linear_baseline"], schedule.abar, spec["prediction_type"],
-                            spec.get("residual_scaling", False))
+                            spec.get("residual_scaling", False),
+                            spec.get("ridge_penalty", "fixed"))
     return model.eval(), schedule
 
 

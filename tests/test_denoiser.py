@@ -11,11 +11,13 @@ F, K, M = 6, 7, 5
 ABAR = NoiseSchedule(100).abar
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["linear_baseline", "pure"])
+@pytest.fixture(scope="module", params=["fixed", "evidence", None],
+                ids=["baseline_fixed", "baseline_evidence", "pure"])
 def model(request):
     torch.manual_seed(0)
     m = SetDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2,
-                    linear_baseline=request.param, abar=ABAR).eval()
+                    linear_baseline=request.param is not None, abar=ABAR,
+                    ridge_penalty=request.param or "fixed").eval()
     torch.nn.init.normal_(m.read_out.weight)  # make the transformer's part count
     return m
 
@@ -109,6 +111,39 @@ def test_linear_baseline_starts_at_least_squares():
     torch.testing.assert_close(pred, y[0, 20:], rtol=0, atol=0.05)
 
 
+def test_evidence_penalty_matches_bayesian_ridge():
+    """On informative contexts the evidence-maximizing penalty is scikit-learn's
+    BayesianRidge (no intercept): its pseudo-counts move coefficients by < 0.5 % here."""
+    from sklearn.linear_model import BayesianRidge
+
+    from skdiffusion.denoiser import fit_ridge
+    g = torch.Generator().manual_seed(3)
+    x = pad_features(torch.randn(4, 60, 3, generator=g, dtype=torch.float64), F)
+    w = torch.tensor([[1.0, -0.5, 0.2], [0.5, 0.5, 0.5], [2.0, 0.0, 0.0], [0.3, 0.3, -1.0]],
+                     dtype=torch.float64)
+    y = (x[..., :3] @ w[..., None])[..., 0] + torch.tensor([0.1, 1.0, 0.5, 2.0])[:, None] * \
+        torch.randn(4, 60, generator=g, dtype=torch.float64)
+    coefs, _, noise_var = fit_ridge(x, y, torch.ones(4, 60, dtype=torch.bool), penalty="evidence")
+    for i in range(4):
+        br = BayesianRidge(fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x[i, :, :3], y[i])
+        torch.testing.assert_close(coefs[i, :3, 0], torch.tensor(br.coef_), rtol=1e-2, atol=1e-3)
+        assert noise_var[i, 0].item() == pytest.approx(1 / br.alpha_, rel=0.02)
+
+
+def test_evidence_penalty_without_context_is_the_prior():
+    """No context: penalty 1, zero fit, unit noise, so the baseline is N(0, 1 + |x|^2)."""
+    from skdiffusion.denoiser import evidence_penalty
+    zero = torch.zeros(2, F, F, dtype=torch.float64)
+    lam = evidence_penalty(zero, torch.zeros(2, F, 1, dtype=torch.float64),
+                           torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(lam, torch.ones(2, 1, 1, dtype=torch.float64))
+
+
+def test_unknown_ridge_penalty_is_rejected():
+    with pytest.raises(ValueError, match="ridge_penalty"):
+        SetDenoiser(max_features=F, abar=ABAR, ridge_penalty="loo")
+
+
 def test_linear_baseline_needs_schedule():
     with pytest.raises(ValueError, match="abar"):
         SetDenoiser(max_features=F)
@@ -145,6 +180,6 @@ def test_residual_scale_is_the_residual_std_under_the_gaussian(ptype, t):
     feats = torch.zeros(n, 6, dtype=torch.float64)
     feats[:, 0], feats[:, -1] = m, s2          # ridge mean m, leverage 0, noise variance s^2
     abar_t = sch.abar[t].expand(n)
-    resid = sch.target(y0, eps, t, ptype) - gaussian_baseline(feats, abar_t, y_t, ptype)
-    z = resid / residual_scale(feats, abar_t, ptype)
+    resid = sch.target(y0, eps, t, ptype) - gaussian_baseline(feats, abar_t, y_t, ptype, cap=10.0)
+    z = resid / residual_scale(feats, abar_t, ptype, cap=10.0)
     assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
