@@ -17,8 +17,8 @@ from sklearn.linear_model import BayesianRidge
 
 from skdiffusion.bench.tasks import make_tasks, y_variance
 from skdiffusion.denoiser import (
-    RIDGE_FLOOR,
     LEVERAGE_CAPS,
+    RIDGE_FLOOR,
     RIDGE_LAMBDAS,
     _baseline_moments,
     ridge_features,
