@@ -95,8 +95,8 @@ def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
     pens = [lam * k + RIDGE_FLOOR for lam in lambdas]
     if penalty == "evidence":
         pens[0] = evidence_penalty(gram, rhs, (y**2 * w[..., 0]).sum(1), w.sum(1))
-    coefs = torch.cat([torch.linalg.solve(gram + pen * eye, rhs) for pen in pens], dim=-1)
-    inv = torch.linalg.inv(gram + pens[0] * eye)
+    coefs = torch.cat([torch.linalg.solve_ex(gram + pen * eye, rhs)[0] for pen in pens], dim=-1)
+    inv = torch.linalg.inv_ex(gram + pens[0] * eye)[0]
     lev = ((x @ inv) * x).sum(-1).clamp(min=0)
     resid = ((y - (x @ coefs[..., :1])[..., 0]) ** 2 * w[..., 0]).sum(1, keepdim=True)
     dof = (k[..., 0] - (lev * w[..., 0]).sum(1, keepdim=True)).clamp(min=0)
