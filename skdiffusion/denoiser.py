@@ -66,7 +66,9 @@ def evidence_penalty(gram, rhs, yy, k, n_iter=30):
     matrix so that every iteration is elementwise. The weight variance is shrunk towards
     1 and the noise variance as in :func:`_noise_variance` (NOISE_PRIOR pseudo-counts),
     so empty or exactly-fitted contexts stay well-defined; clamped to [RIDGE_FLOOR, 1e4]."""
-    s, Q = torch.linalg.eigh(gram)
+    # LAPACK in float64 on the CPU: CUDA's batched Jacobi eigh can fail to converge on the
+    # repeated zero eigenvalues of zero-padded features
+    s, Q = (a.to(gram) for a in torch.linalg.eigh(gram.detach().cpu().double()))
     s = s.clamp(min=0)
     z2 = (Q.transpose(1, 2) @ rhs)[..., 0] ** 2                      # (B, F)
     yy, k = yy.reshape(-1, 1), k.reshape(-1, 1)
