@@ -23,3 +23,20 @@ def test_no_context_means_prior():
     np.testing.assert_allclose(m, 0)
     np.testing.assert_allclose(s, np.sqrt(1 + 0.01))
     np.testing.assert_allclose(least_squares(np.zeros((0, 3)), np.zeros(0), np.eye(3)), 0)
+
+
+def test_unknown_intercept_posterior_is_the_flat_prior_limit():
+    """intercept=True equals the zero-intercept posterior on features [c, x] with a
+    nearly flat N(0, c^2) prior on the intercept's coefficient (c large), and is
+    shift-invariant in x and y."""
+    Xc, yc, Xq, _ = linear_tasks(1, 4, 3, 3, 0.3, seed=5)
+    Xc, yc, Xq = Xc[0], yc[0], Xq[0]
+    m, s = bayes_predictive(Xc, yc, Xq, 0.3, intercept=True)
+    c = 1e4
+    aug = lambda X: np.hstack([np.full((len(X), 1), c), X])  # noqa: E731
+    m_ref, s_ref = bayes_predictive(aug(Xc), yc, aug(Xq), 0.3)
+    np.testing.assert_allclose(m, m_ref, rtol=1e-5)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-5)
+    m2, s2 = bayes_predictive(Xc + 7.0, yc - 3.0, Xq + 7.0, 0.3, intercept=True)
+    np.testing.assert_allclose(m2, m - 3.0, rtol=1e-10)
+    np.testing.assert_allclose(s2, s, rtol=1e-10)
