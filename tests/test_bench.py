@@ -68,7 +68,7 @@ def test_bootstrap_band_brackets_the_mean():
     assert lo < v.mean() < hi and hi - lo < 0.3
 
 
-def test_tiny_report_end_to_end(tmp_path, tiny):
+def test_tiny_report_end_to_end(tmp_path, tiny, monkeypatch):
     sizes = Sizes(families=("linear", "decision_tree"), ds=(3,), k_grid={3: (0, 5)}, tasks=40,
                   samples=4, variants=("none", "y * 10"), robust_tasks=8, calibration_ks=(4,),
                   calibration_tasks=8, calibration_samples=8, sampler_tasks=8,
@@ -89,3 +89,19 @@ def test_tiny_report_end_to_end(tmp_path, tiny):
     assert {r["steps"] for r in rep["samplers"] if r["sampler"] == "ddim"} == {2}
     bayes = [r for r in rep["curves"] if r["method"] == "Bayes" and r["k"] == 5]
     assert bayes[0]["nse"] < 0.05
+
+    # a second run reusing this report's curve baselines refits none of them (only the
+    # robustness section's) and reproduces every curve row
+    import skdiffusion.bench.synthetic as synthetic
+    calls = []
+    fit = synthetic.predict_baselines
+    monkeypatch.setattr(synthetic, "predict_baselines", lambda *a: calls.append(1) or fit(*a))
+    again = tmp_path / "again"
+    run(tiny, sizes, str(again), "tiny", log=lambda *a: None,
+        reuse=str(tmp_path / "report.json"))
+    assert len(calls) == len(sizes.variants) * len(sizes.ks(3))  # robustness points only
+    curves = json.loads((again / "report.json").read_text())["curves"]
+    key = lambda r: (r["family"], r["k"], r["method"])  # noqa: E731
+    assert sorted(curves, key=key) == sorted(rep["curves"], key=key)
+    with pytest.raises(ValueError, match="other sizes"):
+        run(tiny, Sizes.quick(), str(again), reuse=str(tmp_path / "report.json"))

@@ -49,13 +49,28 @@ class Sizes:
                    ddim_steps=(5, 25), sample_counts=(8, 32), datasets=("diabetes", "friedman1"))
 
 
-def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progress=False):
-    """Run all benchmarks, write the report to ``out`` and return its Markdown text."""
+def baseline_rows(report_path, sizes):
+    """The curve rows of an earlier ``report.json`` run with the same sizes."""
+    with open(report_path) as f:
+        old = json.load(f)
+    if old["sizes"] != json.loads(json.dumps(asdict(sizes))):
+        raise ValueError(f"{report_path} was run with other sizes; its baselines do not apply")
+    return old["curves"]
+
+
+def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progress=False,
+        reuse=None):
+    """Run all benchmarks, write the report to ``out`` and return its Markdown text.
+
+    ``reuse``: path of an earlier ``report.json`` with the same sizes whose in-context
+    curve baselines are taken over instead of refitted (they do not depend on the model)."""
     sizes = sizes or Sizes()
     model = BenchModel(params)
+    old_curves = baseline_rows(reuse, sizes) if reuse else ()
     sections, timing = {}, {}
     d = sizes.ds[0]  # robustness, calibration and samplers use the first d
-    jobs = [("curves", lambda: synthetic.curves(model, sizes, sizes.families, progress)),
+    jobs = [("curves", lambda: synthetic.curves(model, sizes, sizes.families, progress,
+                                                old_curves)),
             ("robustness", lambda: synthetic.robustness(model, sizes, sizes.variants, d, progress)),
             ("calibration", lambda: synthetic.calibration(model, sizes, d)),
             ("samplers", lambda: synthetic.samplers(model, sizes, d)),
@@ -81,6 +96,10 @@ def main(argv=None):
     p.add_argument("--params", default="{}",
                    help="JSON dict of DiffusionICLRegressor parameters (default: the defaults)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory")
+    p.add_argument("--reuse-baselines", metavar="REPORT_JSON",
+                   help="take the in-context curves' baselines from this earlier report "
+                        "(same sizes) instead of refitting them: 68 of the full run's 84 "
+                        "minutes here")
     p.add_argument("--render", action="store_true",
                    help="only redraw REPORT.md and the figures from OUT/report.json")
     args = p.parse_args(argv)
@@ -89,7 +108,7 @@ def main(argv=None):
             return print(report.write_report(json.load(f), args.out))
     command = "python -m skdiffusion.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(run(json.loads(args.params), Sizes.quick() if args.quick else Sizes(), args.out,
-              command.strip(), progress=True))
+              command.strip(), progress=True, reuse=args.reuse_baselines))
 
 
 if __name__ == "__main__":

@@ -20,15 +20,23 @@ def _seed(*parts):
     return int(sum(p * 1000**i for i, p in enumerate(reversed(parts))))
 
 
-def _error_rows(tasks, model, sizes, seed, baselines, normalizer, **key):
+def _error_rows(tasks, model, sizes, seed, baselines, normalizer, reuse=(), **key):
     """Normalized squared error (and its bootstrap band) of the model, exact Bayes where
-    available, and ``baselines`` on one set of tasks."""
+    available, and ``baselines`` on one set of tasks; rows in ``reuse`` (from an earlier
+    report on the same tasks) replace the baselines' and Bayes' computation."""
     samples, _ = model.sample(tasks, sizes.samples, seed)
     y = tasks.y_q[:, 0]
     errors = {MODEL: mc_corrected_sq_error(samples, y)}
+    reused = [r for r in reuse if r["method"] != MODEL]
+    if {r["method"] for r in reused} >= set(baselines):
+        return _rows(errors, normalizer, seed, key) + reused
     if tasks.noise is not None:
         errors["Bayes"] = (tasks.bayes()[0][:, 0] - y) ** 2
     errors.update({name: (p - y) ** 2 for name, p in predict_baselines(baselines, tasks).items()})
+    return _rows(errors, normalizer, seed, key)
+
+
+def _rows(errors, normalizer, seed, key):
     rows = []
     for method, e in errors.items():
         lo, hi = bootstrap_band(e / normalizer, seed=seed)
@@ -37,8 +45,11 @@ def _error_rows(tasks, model, sizes, seed, baselines, normalizer, **key):
     return rows
 
 
-def curves(model, sizes, families, progress=False):
-    """Error against context size k for each family and d (Garg et al., Figure 2)."""
+def curves(model, sizes, families, progress=False, reuse=()):
+    """Error against context size k for each family and d (Garg et al., Figure 2).
+
+    ``reuse``: curve rows of an earlier report with the same sizes; their baselines
+    (which do not depend on the model, and take most of the time) are not refitted."""
     points = [(fi, family, d, k) for fi, family in enumerate(families)
               for d in sizes.ds for k in sizes.ks(d)]
     rows, var = [], {}
@@ -46,8 +57,9 @@ def curves(model, sizes, families, progress=False):
         if (family, d) not in var:
             var[family, d] = y_variance(family, d)
         tasks = make_tasks(family, sizes.tasks, k, d, _seed(fi, d, k))
+        old = [r for r in reuse if (r["family"], r["d"], r["k"]) == (family, d, k)]
         rows += _error_rows(tasks, model, sizes, _seed(fi, d, k), baselines_for(family),
-                            var[family, d], family=family, d=d, k=k)
+                            var[family, d], old, family=family, d=d, k=k)
     return rows
 
 
