@@ -1,0 +1,92 @@
+"""The default model's in-context accuracy bar: linear-Gaussian tasks (noise std 0.1),
+d in {2, 5, 10}, k from 1 to 40, model error against exact Bayes and 90 % coverage.
+
+For each (d, k): MSE of the sample mean over the Bayes MSE (zero intercept, known prior),
+over the unknown-intercept Bayes MSE (the best any estimator that centres its context can
+do, see ``skdiffusion.evaluation``), and the coverage of the central 90 % interval. Bars:
+ratio <= 1.1 for k >= d + 2, <= 1.4 for 2 <= k <= d + 1, coverage in [0.86, 0.94].
+
+    python benchmarks/acceptance.py                      # the shipped default model
+    python benchmarks/acceptance.py --model runs/gpu/evidence --out results/x.md
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from skdiffusion.checkpoint import read_config
+from skdiffusion.estimator import DiffusionICLRegressor
+from skdiffusion.evaluation import icl_linear_table
+from skdiffusion.pretrained import get_denoiser, load
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def ks_for(d):
+    return sorted({1, 2, 3, d, d + 1, d + 2, d + 3, 2 * d, 20, 40})
+
+
+def bar(d, k):
+    return 1.1 if k >= d + 2 else 1.4 if k >= 2 else None
+
+
+def grid(model, schedule, prediction_type, n_tasks, n_queries, n_samples, ds=(2, 5, 10)):
+    rows = []
+    for d in ds:
+        for r in icl_linear_table(model, schedule, d=d, ks=ks_for(d), n_tasks=n_tasks,
+                                  n_queries=n_queries, n_samples=n_samples,
+                                  prediction_type=prediction_type):
+            rows.append({"d": d, **r})
+    return rows
+
+
+def markdown(rows):
+    lines = ["| d | k | model / Bayes | bar | model / unknown-intercept Bayes "
+             "| unknown-intercept Bayes / Bayes | 90 % coverage |", "|" + "---|" * 7]
+    for r in rows:
+        b = bar(r["d"], r["k"])
+        lines.append(f"| {r['d']} | {r['k']} | {r['ratio']:.2f} | {b or '-'} | "
+                     f"{r['shift_ratio']:.2f} | {r['shift_bayes_mse'] / r['bayes_mse']:.2f} | "
+                     f"{r['coverage']:.3f} |")
+    return "\n".join(lines)
+
+
+def summary(rows):
+    met = [r for r in rows if bar(r["d"], r["k"]) and r["ratio"] <= bar(r["d"], r["k"])]
+    barred = [r for r in rows if bar(r["d"], r["k"])]
+    covered = [r for r in rows if 0.86 <= r["coverage"] <= 0.94]
+    return (f"accuracy bar met at {len(met)}/{len(barred)} (d, k); coverage in [0.86, 0.94] "
+            f"at {len(covered)}/{len(rows)}; coverage range {min(r['coverage'] for r in rows):.3f}"
+            f"-{max(r['coverage'] for r in rows):.3f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model directory (default: DiffusionICLRegressor()'s model)")
+    p.add_argument("--tasks", type=int, default=100, help="tasks per (d, k)")
+    p.add_argument("--queries", type=int, default=5, help="queries per task")
+    p.add_argument("--samples", type=int, default=64, help="reverse-chain samples per query")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "acceptance.md"))
+    args = p.parse_args()
+    if args.model:
+        spec = read_config(args.model)["config"]
+        model, schedule = load(args.model)
+    else:
+        spec = DiffusionICLRegressor()._spec()
+        model, schedule = get_denoiser(spec)
+    t0 = time.time()
+    rows = grid(model, schedule, spec["prediction_type"], args.tasks, args.queries, args.samples)
+    command = "python benchmarks/acceptance.py " + " ".join(sys.argv[1:])
+    text = (f"# Accuracy bar on linear-Gaussian tasks (noise std 0.1)\n\n`{command}` "
+            f"({time.time() - t0:.0f} s): {args.tasks} tasks x {args.queries} queries per "
+            f"(d, k), {args.samples} DDPM samples per query.\n\n{summary(rows)}.\n\n"
+            f"{markdown(rows)}\n")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
