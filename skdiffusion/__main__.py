@@ -30,6 +30,8 @@ def _parser():
                    help="what the network predicts")
     t.add_argument("--no-linear-baseline", action="store_true",
                    help="pure transformer: no in-context ridge features or Gaussian baseline")
+    t.add_argument("--ridge-penalty", default="evidence", choices=["evidence", "fixed"],
+                   help="penalty of the linear baseline's ridge fit")
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=64, help="tasks per step")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -73,7 +75,8 @@ def main(argv=None):
             train=dict(n_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                        warmup_steps=args.warmup, n_points=args.n_points,
                        max_context=args.max_context, min_features=args.min_features,
-                       curriculum_steps=args.curriculum_steps, seed=args.seed))
+                       curriculum_steps=args.curriculum_steps, seed=args.seed),
+            ridge_penalty=args.ridge_penalty)
     callback = None
     if args.curve:
         from .diffusion import NoiseSchedule
