@@ -98,8 +98,8 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory")
     p.add_argument("--reuse-baselines", metavar="REPORT_JSON",
                    help="take the in-context curves' baselines from this earlier report "
-                        "(same sizes) instead of refitting them: 68 of the full run's 84 "
-                        "minutes here")
+                        "(same sizes) instead of refitting them (they do not depend on the "
+                        "model)")
     p.add_argument("--render", action="store_true",
                    help="only redraw REPORT.md and the figures from OUT/report.json")
     args = p.parse_args(argv)
