@@ -30,7 +30,7 @@ def _parser():
                    help="what the network predicts")
     t.add_argument("--no-linear-baseline", action="store_true",
                    help="pure transformer: no in-context ridge features or Gaussian baseline")
-    t.add_argument("--ridge-penalty", default="evidence", choices=["evidence", "fixed"],
+    t.add_argument("--ridge-penalty", default="fixed", choices=["fixed", "evidence"],
                    help="penalty of the linear baseline's ridge fit")
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=64, help="tasks per step")

@@ -25,7 +25,7 @@ _MEMORY = {}
 
 def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_head=4,
               timesteps=100, schedule="cosine", prediction_type="v", linear_baseline=True,
-              train=None, ridge_penalty="evidence"):
+              train=None, ridge_penalty="fixed"):
     """Canonical, JSON-able configuration of a meta-trained denoiser."""
     cfg = TrainConfig(**(train or {}))
     spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
