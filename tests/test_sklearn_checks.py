@@ -1,7 +1,7 @@
 """scikit-learn's full estimator check suite, nothing skipped or expected to fail: on the
 tiny test configuration and on the default constructor (the shipped model, no training;
-about 8 minutes on 2 CPU cores, almost all of it in check_regressors_train and
-check_array_api_input, which predict a few hundred rows with the full default chain)."""
+most of the suite's time, in the checks that predict a few hundred rows with the full
+default chain)."""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
