@@ -80,10 +80,13 @@ class NoiseSchedule:
             return pred, (y_t - a * pred) / b
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
-    def posterior(self, y0, y_t, t, variance="beta_tilde"):
-        """Mean and variance of q(y_{t-1} | y_t, y_0) for a scalar timestep t >= 1."""
-        beta, alpha = self.betas[t].item(), self.alphas[t].item()
-        ab, ab_prev = self.abar[t].item(), self.abar[t - 1].item()
+    def posterior(self, y0, y_t, t, variance="beta_tilde", s=None):
+        """Mean and variance of q(y_s | y_t, y_0) for scalar timesteps t > s >= 0 (default
+        s = t - 1). ``variance="beta"`` is the upper bound 1 - abar_t / abar_s."""
+        s = t - 1 if s is None else s
+        ab, ab_prev = self.abar[t].item(), self.abar[s].item()
+        alpha = ab / ab_prev
+        beta = 1.0 - alpha
         coef1 = beta * math.sqrt(ab_prev) / (1.0 - ab)
         coef2 = (1.0 - ab_prev) * math.sqrt(alpha) / (1.0 - ab)
         var = beta * (1.0 - ab_prev) / (1.0 - ab) if variance == "beta_tilde" else beta
@@ -92,35 +95,67 @@ class NoiseSchedule:
 
 def ddim_timesteps(timesteps, n_steps):
     """Decreasing 'trailing' timesteps starting at T, e.g. T=100, S=4 -> [100, 75, 50, 25]."""
-    if not 1 <= n_steps <= timesteps:
-        raise ValueError(f"n_sampling_steps must be in [1, {timesteps}], got {n_steps}")
+    _check_steps(timesteps, n_steps)
     return np.round(np.arange(timesteps, 0, -timesteps / n_steps)).astype(int).tolist()
 
 
-def n_noise_draws(schedule, sampler, n_steps=None):
-    """How many standard-normal tensors a sampler consumes (initial noise included)."""
-    return 1 + (schedule.timesteps if sampler == "ddpm" else n_steps)
+DDPM_SPACING = 1.5  # strided DDPM: t_i ~ T (i / S)^1.5, short steps near t = 0
 
 
-def draw_noise(n_draws, shape, generator, dtype=torch.float32, device="cpu"):
-    """All the noise a sampler needs, shape (n_draws, *shape), from one generator."""
-    return torch.randn((n_draws, *shape), generator=generator, dtype=dtype, device=device)
+def ddpm_timesteps(timesteps, n_steps):
+    """Decreasing timesteps T = t_S > ... > t_1 >= 1 for a strided DDPM chain, at
+    T (i / S)^DDPM_SPACING: the steps shorten towards t = 0, where a coarse chain loses
+    the fine scale of narrow predictives (DESIGN.md's oracle chain law; see
+    tests/test_diffusion.py). Every step T..1 when n_steps == T."""
+    _check_steps(timesteps, n_steps)
+    t = np.round(timesteps * (np.arange(1, n_steps + 1) / n_steps) ** DDPM_SPACING).astype(int)
+    for i in range(n_steps):  # at least one apart, from the bottom up
+        t[i] = max(t[i], t[i - 1] + 1 if i else 1)
+    return t[::-1].tolist()
+
+
+def _check_steps(timesteps, n_steps):
+    if not 1 <= n_steps <= timesteps:
+        raise ValueError(f"n_sampling_steps must be in [1, {timesteps}], got {n_steps}")
+
+
+def n_noise_draws(schedule, n_steps=None):
+    """How many standard-normal tensors a sampler consumes (initial noise included);
+    ``n_steps=None`` means all T steps."""
+    return 1 + (n_steps or schedule.timesteps)
+
+
+def draw_noise(n_draws, shape, generator, dtype=torch.float32, device="cpu", antithetic=False):
+    """All the noise a sampler needs, shape (n_draws, *shape), from one generator.
+
+    With ``antithetic`` the last axis (the samples) holds pairs e, -e: its second half is
+    the negated first half (one extra unpaired draw when odd). Each sample is still an
+    exact draw from the sampler, and averaging a pair cancels the part of the sampler's
+    output that is linear in its noise: all of it for a Gaussian target."""
+    n = shape[-1]
+    if not antithetic:
+        return torch.randn((n_draws, *shape), generator=generator, dtype=dtype, device=device)
+    half = torch.randn((n_draws, *shape[:-1], n - n // 2), generator=generator, dtype=dtype,
+                       device=device)
+    return torch.cat([half, -half[..., : n // 2]], dim=-1)
 
 
 @torch.no_grad()
 def ddpm_sample(denoise, schedule, noise, prediction_type="v", variance="beta_tilde",
-                progress=False):
-    """Ancestral DDPM over all T steps.
+                progress=False, n_steps=None):
+    """Ancestral DDPM over all T steps, or over the ``n_steps`` of :func:`ddpm_timesteps`
+    (each step samples the exact q(y_s | y_t, y0_hat) of its stride).
 
-    ``noise`` has shape (T + 1, *shape): ``noise[0]`` is y_T, ``noise[i]`` the step noise.
+    ``noise`` has shape (S + 1, *shape): ``noise[0]`` is y_T, ``noise[i]`` the step noise.
     No noise is added at the last step.
     """
+    steps = ddpm_timesteps(schedule.timesteps, n_steps or schedule.timesteps)
     y = noise[0]
-    steps = range(schedule.timesteps, 0, -1)
     for i, t in enumerate(tqdm(steps, desc="DDPM", disable=not progress), start=1):
+        s = steps[i] if i < len(steps) else 0
         y0, _ = schedule.to_y0_eps(denoise(y, t), y, t, prediction_type)
-        mean, var = schedule.posterior(y0, y, t, variance)
-        y = mean + math.sqrt(var) * noise[i] if t > 1 else mean
+        mean, var = schedule.posterior(y0, y, t, variance, s)
+        y = mean + math.sqrt(var) * noise[i] if s > 0 else mean
     return y
 
 
@@ -147,7 +182,7 @@ def sample(denoise, schedule, noise, sampler="ddim", n_steps=25, eta=0.0,
            prediction_type="v", variance="beta_tilde", progress=False):
     """Dispatch to :func:`ddpm_sample` or :func:`ddim_sample`."""
     if sampler == "ddpm":
-        return ddpm_sample(denoise, schedule, noise, prediction_type, variance, progress)
+        return ddpm_sample(denoise, schedule, noise, prediction_type, variance, progress, n_steps)
     if sampler == "ddim":
         return ddim_sample(denoise, schedule, noise, n_steps, eta, prediction_type, progress)
     raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")

@@ -67,17 +67,19 @@ def standardize_tasks(X_ctx, y_ctx, X_q):
 
 
 @torch.no_grad()
-def sample_raw_tasks(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator, **sampler_kw):
+def sample_raw_tasks(model, schedule, X_ctx, y_ctx, X_q, n_samples, generator,
+                     antithetic=False, **sampler_kw):
     """Samples (B, m, n_samples) of y in original units for a batch of raw tasks.
 
     Standardizes each task with its own context statistics (as training did), samples,
     and maps back. Used by the benchmarks; the estimator does the same with
-    ``StandardScaler``.
+    ``StandardScaler``. ``antithetic``: see :func:`~skdiffusion.diffusion.draw_noise`.
     """
     device = next(model.parameters()).device
     X_ctx, y_ctx, X_q = X_ctx.to(device), y_ctx.to(device), X_q.to(device)
     x_c, y_c, x_q, y_mean, y_scale = standardize_tasks(X_ctx, y_ctx, X_q)
-    draws = n_noise_draws(schedule, sampler_kw.get("sampler", "ddpm"), sampler_kw.get("n_steps"))
-    noise = draw_noise(draws, (*X_q.shape[:2], n_samples), generator, X_q.dtype).to(device)
+    draws = n_noise_draws(schedule, sampler_kw.get("n_steps"))
+    noise = draw_noise(draws, (*X_q.shape[:2], n_samples), generator, X_q.dtype,
+                       antithetic=antithetic).to(device)
     s = sample_standardized(model, schedule, x_c, y_c, x_q, noise, **sampler_kw)
     return (s * y_scale + y_mean).cpu()

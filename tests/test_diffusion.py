@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from skdiffusion.diffusion import (NoiseSchedule, ddim_sample, ddim_timesteps, ddpm_sample,
-                                   draw_noise, n_noise_draws, sample)
+                                   ddpm_timesteps, draw_noise, n_noise_draws, sample)
 
 N = 40_000
 Z = 5.0  # sigmas of sampling error allowed
@@ -40,14 +40,15 @@ def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_ti
     """Exact (mean, std) of a sampler's output with the oracle denoiser."""
     m, v = 0.0, 1.0
     if sampler == "ddpm":
-        for t in range(schedule.timesteps, 0, -1):
+        steps = ddpm_timesteps(schedule.timesteps, n_steps or schedule.timesteps)
+        for t, tp in zip(steps, steps[1:] + [0]):
             m0, g = _oracle_affine(schedule, t, mu, s)
-            beta, ab, abp = (schedule.betas[t].item(), schedule.abar[t].item(),
-                             schedule.abar[t - 1].item())
+            ab, abp = schedule.abar[t].item(), schedule.abar[tp].item()
+            beta = 1 - ab / abp  # of the stride t -> tp
             c1 = beta * math.sqrt(abp) / (1 - ab)
             c2 = (1 - abp) * math.sqrt(1 - beta) / (1 - ab)
             m, v = c1 * m0 + (c1 * g + c2) * m, (c1 * g + c2) ** 2 * v
-            if t > 1:
+            if tp > 0:
                 v += beta * (1 - abp) / (1 - ab) if variance == "beta_tilde" else beta
         return m, math.sqrt(v)
     steps = ddim_timesteps(schedule.timesteps, n_steps)
@@ -65,7 +66,7 @@ def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_ti
 
 def run(schedule, mu, s, ptype, sampler, n_steps=None, eta=0.0, variance="beta_tilde", seed=0):
     g = torch.Generator().manual_seed(seed)
-    noise = draw_noise(n_noise_draws(schedule, sampler, n_steps), (N,), g, torch.float64)
+    noise = draw_noise(n_noise_draws(schedule, n_steps), (N,), g, torch.float64)
     return sample(oracle(schedule, mu, s, ptype), schedule, noise, sampler, n_steps, eta,
                   ptype, variance)
 
@@ -128,11 +129,13 @@ def test_ddim_trailing_timesteps():
 
 @pytest.mark.parametrize("ptype", PTYPES)
 @pytest.mark.parametrize("mu,s", CASES)
-@pytest.mark.parametrize("T,variance", [(200, "beta_tilde"), (200, "beta"), (1000, "beta_tilde")])
-def test_ddpm_matches_exact_chain_law(T, variance, mu, s, ptype):
+@pytest.mark.parametrize("T,S,variance", [(200, None, "beta_tilde"), (200, None, "beta"),
+                                          (1000, None, "beta_tilde"), (200, 10, "beta_tilde"),
+                                          (50, 20, "beta")])
+def test_ddpm_matches_exact_chain_law(T, S, variance, mu, s, ptype):
     sch = NoiseSchedule(T)
-    y = run(sch, mu, s, ptype, "ddpm", variance=variance)
-    assert_moments(y, *chain_law(sch, mu, s, "ddpm", variance=variance))
+    y = run(sch, mu, s, ptype, "ddpm", S, variance=variance)
+    assert_moments(y, *chain_law(sch, mu, s, "ddpm", S, variance=variance))
 
 
 @pytest.mark.parametrize("ptype", PTYPES)
@@ -162,6 +165,16 @@ def test_ddpm_reproduces_target_distribution(T, variance, s, rel_tol):
     y = run(sch, 0.7, s, "v", "ddpm", variance=variance, seed=3)
     assert abs(y.mean().item() - 0.7) < Z * s / math.sqrt(N) + 1e-3 * max(s, 1)
     assert abs(y.std().item() / s - 1) < rel_tol + Z / math.sqrt(2 * N)
+
+
+# Strided DDPM (T = 50, "beta", ddpm_timesteps' spacing): std / s is 0.84-1.05 with all 50
+# steps for s = 0.03..3; 25 steps stay within 9 % for s >= 0.05, 20 steps within 11 %.
+@pytest.mark.parametrize("S,rel_tol", [(50, 0.06), (25, 0.09), (20, 0.11)])
+@pytest.mark.parametrize("s", [0.05, 0.1, 0.3, 1.0, 3.0])
+def test_strided_ddpm_discretization_bounded(S, rel_tol, s):
+    mean, std = chain_law(NoiseSchedule(50), 0.5, s, "ddpm", S, variance="beta")
+    assert abs(mean - 0.5) < 1e-3 * max(s, 1)
+    assert abs(std / s - 1) < rel_tol
 
 
 @pytest.mark.parametrize("S,eta,min_ratio", [(50, 0.0, 0.95), (50, 1.0, 0.94), (10, 0.0, 0.80), (10, 1.0, 0.78)])
@@ -209,3 +222,38 @@ def test_samplers_reject_bad_settings():
         sample(lambda y, t: y, sch, noise, "euler")
     with pytest.raises(ValueError, match="prediction_type"):
         sch.to_y0_eps(noise[0], noise[0], 5, "x0")
+
+
+@pytest.mark.parametrize("T", [10, 50, 200])
+def test_ddpm_timesteps_strictly_decreasing_from_T(T):
+    for S in range(1, T + 1):
+        steps = ddpm_timesteps(T, S)
+        assert len(steps) == S and steps[0] == T and steps[-1] >= 1
+        assert all(a > b for a, b in zip(steps, steps[1:]))
+    assert ddpm_timesteps(T, T) == list(range(T, 0, -1))
+    assert ddpm_timesteps(50, 10) == [50, 43, 36, 29, 23, 18, 13, 8, 4, 2]
+    with pytest.raises(ValueError, match="n_sampling_steps"):
+        ddpm_timesteps(T, T + 1)
+
+
+def test_antithetic_noise_pairs():
+    g = torch.Generator().manual_seed(0)
+    e = draw_noise(3, (2, 5), g, torch.float64, antithetic=True)
+    assert e.shape == (3, 2, 5)
+    torch.testing.assert_close(e[..., 3:], -e[..., :2], rtol=0, atol=0)  # 2 pairs + 1 unpaired
+    again = draw_noise(3, (2, 5), torch.Generator().manual_seed(0), torch.float64, antithetic=True)
+    torch.testing.assert_close(e, again, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler,S", [("ddpm", 20), ("ddpm", None), ("ddim", 10)])
+def test_antithetic_pair_means_are_exact_for_gaussian_target(sampler, S):
+    """With the oracle every sampler is affine in its noise, so each antithetic pair
+    averages to the chain law's mean exactly: no Monte Carlo error in the mean at all."""
+    sch, mu, s = NoiseSchedule(50), 0.7, 0.4
+    noise = draw_noise(n_noise_draws(sch, S or 50), (64,), torch.Generator().manual_seed(1),
+                       torch.float64, antithetic=True)
+    y = sample(oracle(sch, mu, s, "v"), sch, noise, sampler, S or 50, 0.0, "v", "beta")
+    mean, std = chain_law(sch, mu, s, sampler, S, variance="beta")
+    torch.testing.assert_close((y[:32] + y[32:]) / 2, torch.full((32,), mean, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    assert 0.5 * std < y.std().item() < 1.5 * std  # pairs still spread like the law
