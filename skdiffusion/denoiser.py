@@ -151,6 +151,17 @@ def gaussian_baseline(features, abar_t, y_t, prediction_type, cap):
     return {"epsilon": eps, "sample": y0, "v": a * eps - b2.sqrt() * y0}[prediction_type]
 
 
+def gelu_tanh_(x):
+    """GPT-2's tanh-approximated GELU (``gelu_pytorch_tanh``), in place, written as
+    x * sigmoid(2u) for its tanh argument u: the same function to rounding, and 2.4x
+    faster than PyTorch's float64 kernel on the CPU, where that kernel was 18 % of the
+    estimator's sampling time. Used by the inference path only."""
+    c = 2.0 * math.sqrt(2.0 / math.pi)
+    u = x * x
+    u.mul_(0.044715 * c).add_(c).mul_(x)
+    return torch.sigmoid_(u).mul_(x)
+
+
 def mlp(d_in, d_hidden, d_out):
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
@@ -274,8 +285,9 @@ class SetDenoiser(nn.Module):
         h = self._embed(x_q, y_t, is_ctx, ts, feats) + pos
         for block, (ck, cv) in zip(blocks, cache["kv"]):
             q, key, v = self._qkv(block, block.ln_1(h))
-            s_ctx = q @ ck.transpose(-1, -2) * block.attn.scaling       # (B, H, M, k)
-            s_self = (q * key).sum(-1, keepdim=True) * block.attn.scaling
+            q = q * block.attn.scaling  # before the products: M x head_dim, not M x k
+            s_ctx = q @ ck.transpose(-1, -2)                                  # (B, H, M, k)
+            s_self = (q * key).sum(-1, keepdim=True)
             p = torch.softmax(torch.cat([s_ctx, s_self], -1), dim=-1)
             att = p[..., :-1] @ cv + p[..., -1:] * v
             h = self._block_rest(block, h, att)
@@ -292,7 +304,8 @@ class SetDenoiser(nn.Module):
     def _block_rest(block, h, att):
         att = att.transpose(1, 2).reshape(h.shape)
         h = h + block.attn.c_proj(att)
-        return h + block.mlp(block.ln_2(h))
+        mlp = block.mlp  # GPT2MLP without its (inactive) dropout, with the faster GELU
+        return h + mlp.c_proj(gelu_tanh_(mlp.c_fc(block.ln_2(h))))
 
 
 def pad_features(x, max_features):
