@@ -31,12 +31,11 @@ def bar(d, k):
     return 1.1 if k >= d + 2 else 1.4 if k >= 2 else None
 
 
-def grid(model, schedule, prediction_type, n_tasks, n_queries, n_samples, ds=(2, 5, 10)):
+def grid(model, schedule, n_tasks, n_queries, n_samples, ds=(2, 5, 10), **sampler_kw):
     rows = []
     for d in ds:
         for r in icl_linear_table(model, schedule, d=d, ks=ks_for(d), n_tasks=n_tasks,
-                                  n_queries=n_queries, n_samples=n_samples,
-                                  prediction_type=prediction_type):
+                                  n_queries=n_queries, n_samples=n_samples, **sampler_kw):
             rows.append({"d": d, **r})
     return rows
 
@@ -66,7 +65,7 @@ def main():
     p.add_argument("--model", help="model directory (default: DiffusionICLRegressor()'s model)")
     p.add_argument("--tasks", type=int, default=100, help="tasks per (d, k)")
     p.add_argument("--queries", type=int, default=5, help="queries per task")
-    p.add_argument("--samples", type=int, default=64, help="reverse-chain samples per query")
+    p.add_argument("--samples", type=int, help="samples per query (default: the estimator's)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "acceptance.md"))
     args = p.parse_args()
     if args.model:
@@ -75,12 +74,18 @@ def main():
     else:
         spec = DiffusionICLRegressor()._spec()
         model, schedule = get_denoiser(spec)
+    reg = DiffusionICLRegressor()  # its sampling settings
+    n_samples = args.samples or reg.n_samples
+    sampler_kw = dict(sampler=reg.sampler, n_steps=min(reg.n_sampling_steps, schedule.timesteps), eta=reg.eta,
+                      antithetic=reg.antithetic, prediction_type=spec["prediction_type"])
     t0 = time.time()
-    rows = grid(model, schedule, spec["prediction_type"], args.tasks, args.queries, args.samples)
+    rows = grid(model, schedule, args.tasks, args.queries, n_samples, **sampler_kw)
     command = "python benchmarks/acceptance.py " + " ".join(sys.argv[1:])
     text = (f"# Accuracy bar on linear-Gaussian tasks (noise std 0.1)\n\n`{command}` "
             f"({time.time() - t0:.0f} s): {args.tasks} tasks x {args.queries} queries per "
-            f"(d, k), {args.samples} DDPM samples per query.\n\n{summary(rows)}.\n\n"
+            f"(d, k), {n_samples} samples per query ({reg.sampler.upper()}, "
+            f"{sampler_kw['n_steps']} steps, antithetic={reg.antithetic}: the estimator's "
+            f"defaults).\n\n{summary(rows)}.\n\n"
             f"{markdown(rows)}\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -35,6 +35,7 @@ class Sizes:
     calibration_samples: int = 64
     sampler_tasks: int = 500
     ddim_steps: tuple = (5, 10, 25, 50, 100)
+    ddpm_steps: tuple = (8, 12, 16, 25, 50)
     sample_counts: tuple = (4, 8, 16, 32, 64)
     datasets: tuple = tuple(real.DATASETS)
 
@@ -46,7 +47,7 @@ class Sizes:
         return cls(ds=(5,), k_grid={5: (0, 2, 5, 7, 10)}, tasks=200, robust_tasks=100,
                    variants=("none", "x * 3", "y * 10"), calibration_ks=(5, 10),
                    calibration_tasks=100, calibration_samples=32, sampler_tasks=100,
-                   ddim_steps=(5, 25), sample_counts=(8, 32), datasets=("diabetes", "friedman1"))
+                   ddim_steps=(5, 25), ddpm_steps=(16, 50), sample_counts=(8, 32), datasets=("diabetes", "friedman1"))
 
 
 def baseline_rows(report_path, sizes):

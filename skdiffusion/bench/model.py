@@ -20,7 +20,8 @@ class BenchModel:
         self.spec = reg._spec()
         self.key = spec_key(self.spec)
         self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
-        self.sampler_kw = dict(sampler=reg.sampler, n_steps=reg.n_sampling_steps, eta=reg.eta,
+        self.sampler_kw = dict(sampler=reg.sampler, eta=reg.eta, antithetic=reg.antithetic,
+                               n_steps=min(reg.n_sampling_steps, self.schedule.timesteps),
                                prediction_type=reg.prediction_type)
 
     def sample(self, tasks, n_samples, seed, batch=1000, **sampler_kw):

@@ -101,12 +101,13 @@ def plot_samplers(rows, path):
     panels = [("crps", "CRPS"), ("nse_raw", "squared error of the n-sample mean / Var(y)"),
               ("cov90", "coverage of the 90 % interval")]
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
-    for sampler in ("ddim", "ddpm"):
-        rs = [r for r in rows if r["sampler"] == sampler]
+    for series in dict.fromkeys(r["series"] for r in rows):
+        rs = [r for r in rows if r["series"] == series]
+        by_steps = series in ("DDIM", "DDPM")
         for ax, (key, _) in zip(axes, panels):
-            ax.plot([r["ms_per_query"] for r in rs], [r[key] for r in rs], marker="o", label=sampler)
+            ax.plot([r["ms_per_query"] for r in rs], [r[key] for r in rs], marker="o", label=series)
             for r in rs:
-                label = f"S={r['steps']}" if sampler == "ddim" else f"n={r['n_samples']}"
+                label = f"S={r['steps']}" if by_steps else f"n={r['n_samples']}"
                 ax.annotate(label, (r["ms_per_query"], r[key]), fontsize=7)
     for ax, (_, ylabel) in zip(axes, panels):
         ax.set(xscale="log", xlabel="ms per query (batched, this machine)", ylabel=ylabel)
@@ -159,7 +160,8 @@ def write_report(result, out):
     parts.append(table(["k", "method"] + keys,
                        [[r["k"], r["method"]] + [r[x] for x in keys] for r in cal]) + "\n")
     parts.append("![reliability](reliability.png)\n")
-    skeys = ["sampler", "steps", "n_samples", "nse", "nse_raw", "crps", "cov90", "ms_per_query"]
+    skeys = ["sampler", "steps", "n_samples", "antithetic", "nse", "nse_raw", "crps", "cov90",
+             "ms_per_query"]
     parts.append(SAMPLER_INTRO.format(tasks=sizes["sampler_tasks"], d=sizes["ds"][0]))
     parts.append(table(skeys, [[r[x] for x in skeys] for r in sections["samplers"]]) + "\n")
     parts.append("![samplers](samplers.png)\n")
@@ -205,8 +207,10 @@ SAMPLER_INTRO = """## Samplers: quality against time
 
 Linear tasks (d = {d}, k = 10, noise 0.1), {tasks} tasks. nse: squared error of the exact
 sampling mean / Var(y) (Monte Carlo term removed); nse_raw: of the n-sample mean as a user
-gets it. DDIM steps above the model's T are skipped. Times: float32, all tasks in one
-batch, this machine (the estimator runs float64, about 2x slower).
+gets it. Steps above the model's T are skipped; DDPM with fewer steps strides over the
+schedule. Antithetic rows draw their noise in pairs (e, -e); nse's Monte Carlo correction
+assumes independent samples, so for those rows only nse_raw is meaningful. Times: float32,
+all tasks in one batch, this machine (the estimator runs float64, about 2x slower).
 """
 
 REAL_INTRO = """## Real and classic datasets

@@ -116,17 +116,22 @@ def calibration(model, sizes, d=5):
 
 
 def samplers(model, sizes, d=5, k=10):
-    """Quality and wall time against the sampler, its number of steps, and n_samples."""
-    T = model.schedule.timesteps
+    """Quality and wall time against the sampler, its steps, n_samples and antithetic
+    noise (the sample counts at the model's default number of DDPM steps)."""
+    T, default_steps = model.schedule.timesteps, model.sampler_kw["n_steps"]
     tasks = make_tasks("linear", sizes.sampler_tasks, k, d, _seed(8, d, k))
     y, var = tasks.y_q[:, 0], y_variance("linear", d)
-    settings = [("ddim", s, sizes.samples) for s in sizes.ddim_steps if s <= T]
-    settings += [("ddpm", T, n) for n in sizes.sample_counts]
+    settings = [("ddim", "DDIM", s, sizes.samples, False) for s in sizes.ddim_steps if s <= T]
+    settings += [("ddpm", "DDPM", s, sizes.samples, False) for s in sizes.ddpm_steps if s <= T]
+    settings += [("ddpm", f"DDPM-{default_steps}" + (", antithetic" if a else ""), default_steps,
+                  n, a) for a in (False, True) for n in sizes.sample_counts]
     rows = []
-    for sampler, steps, n in settings:
-        samples, sec = model.sample(tasks, n, _seed(8, steps, n), sampler=sampler, n_steps=steps)
+    for sampler, series, steps, n, antithetic in settings:
+        samples, sec = model.sample(tasks, n, _seed(8, steps, n), sampler=sampler, n_steps=steps,
+                                    antithetic=antithetic)
         scores = probabilistic_scores(y, samples.mean(1), samples.std(1, ddof=1), samples)
-        rows.append({"sampler": sampler, "steps": steps, "n_samples": n,
+        rows.append({"series": series, "sampler": sampler, "steps": steps, "n_samples": n,
+                     "antithetic": antithetic,
                      "nse": float(np.mean(mc_corrected_sq_error(samples, y)) / var),
                      "nse_raw": scores["mse"] / var, "crps": scores["crps"],
                      "cov90": scores["cov90"],
