@@ -67,6 +67,8 @@ def test_quantiles_monotone(fitted):
     reg, X, _ = fitted
     q = reg.predict_quantiles(X[60:], quantiles=(0.05, 0.25, 0.5, 0.75, 0.95))
     assert q.shape == (20, 5) and np.all(np.diff(q, axis=1) >= 0)
+    median = reg.predict_quantiles(X[60:], quantiles=(0.5,), n_samples=40)[:, 0]
+    np.testing.assert_array_equal(median, np.median(reg.sample(X[60:], n_samples=40), axis=1))
     with pytest.raises(ValueError, match="quantiles"):
         reg.predict_quantiles(X[60:], quantiles=(0.5, 1.5))
 

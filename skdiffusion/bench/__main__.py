@@ -47,7 +47,8 @@ class Sizes:
         return cls(ds=(5,), k_grid={5: (0, 2, 5, 7, 10)}, tasks=200, robust_tasks=100,
                    variants=("none", "x * 3", "y * 10"), calibration_ks=(5, 10),
                    calibration_tasks=100, calibration_samples=32, sampler_tasks=100,
-                   ddim_steps=(5, 25), ddpm_steps=(16, 50), sample_counts=(8, 32), datasets=("diabetes", "friedman1"))
+                   ddim_steps=(5, 25), ddpm_steps=(16, 50), sample_counts=(8, 32),
+                   datasets=("diabetes", "friedman1"))
 
 
 CURVE_SIZES = ("families", "ds", "k_grid", "tasks")  # all the curve baselines depend on
