@@ -20,7 +20,9 @@ class BenchModel:
         self.spec = reg._spec()
         self.key = spec_key(self.spec)
         self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
-        self.sampler_kw = dict(sampler=reg.sampler, eta=reg.eta, antithetic=reg.antithetic,
+        # independent samples (not the estimator's antithetic pairs): the Monte Carlo
+        # correction of the error curves and the fair CRPS estimator assume them
+        self.sampler_kw = dict(sampler=reg.sampler, eta=reg.eta, antithetic=False,
                                n_steps=min(reg.n_sampling_steps, self.schedule.timesteps),
                                prediction_type=reg.prediction_type)
 

@@ -38,8 +38,11 @@ DATASETS = {
 
 def _skdiffusion(params):
     def fit_predict(X, y, Xt):
-        samples = DiffusionICLRegressor(**params, random_state=0).fit(X, y).sample(Xt)
-        return samples.mean(1), samples.std(1, ddof=1), samples
+        reg = DiffusionICLRegressor(**params, random_state=0).fit(X, y)
+        samples = reg.sample(Xt)  # mean and std as users get them (antithetic by default)
+        # the fair CRPS estimator assumes independent samples: draw those separately
+        iid = reg.set_params(antithetic=False).sample(Xt) if reg.antithetic else samples
+        return samples.mean(1), samples.std(1, ddof=1), iid
     return fit_predict
 
 

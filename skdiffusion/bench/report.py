@@ -208,8 +208,10 @@ SAMPLER_INTRO = """## Samplers: quality against time
 Linear tasks (d = {d}, k = 10, noise 0.1), {tasks} tasks. nse: squared error of the exact
 sampling mean / Var(y) (Monte Carlo term removed); nse_raw: of the n-sample mean as a user
 gets it. Steps above the model's T are skipped; DDPM with fewer steps strides over the
-schedule. Antithetic rows draw their noise in pairs (e, -e); nse's Monte Carlo correction
-assumes independent samples, so for those rows only nse_raw is meaningful. Times: float32,
+schedule. Antithetic rows draw their noise in pairs (e, -e), as the estimator does by
+default; nse's Monte Carlo correction and the fair CRPS assume independent samples, so
+those rows show only nse_raw and coverage (every other section samples independently).
+Times: float32,
 all tasks in one batch, this machine (the estimator runs float64, about 2x slower).
 """
 
