@@ -87,9 +87,10 @@ def main():
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     command = "python benchmarks/sampling_budget.py " + " ".join(sys.argv[1:])
     text = (f"# Sampling settings: quality against cost\n\n`{command}`. Columns: DDPM with "
-            f"S steps x n samples per query ('a': antithetic noise pairs). Synthetic rows: model MSE / Bayes MSE / 90 % "
-            f"coverage ({args.tasks} tasks x 2 queries); diabetes: 5-fold R^2 / held-out "
-            f"90 % coverage, and seconds for one predict of 442 rows.\n\n" + "\n".join(lines) + "\n")
+            f"S steps x n samples per query ('a': antithetic noise pairs). Synthetic rows: "
+            f"model MSE / Bayes MSE / 90 % coverage ({args.tasks} tasks x 2 queries); "
+            f"diabetes: 5-fold R^2 / held-out 90 % coverage, and seconds for one predict of "
+            f"442 rows.\n\n" + "\n".join(lines) + "\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
