@@ -76,9 +76,8 @@ def main():
         model, schedule = get_denoiser(spec)
     reg = DiffusionICLRegressor()  # its sampling settings
     n_samples = args.samples or reg.n_samples
-    sampler_kw = dict(sampler=reg.sampler, n_steps=min(reg.n_sampling_steps, schedule.timesteps),
-                      eta=reg.eta, antithetic=reg.antithetic,
-                      prediction_type=spec["prediction_type"])
+    sampler_kw = {**reg._sampler_kwargs(schedule.timesteps),
+                  "prediction_type": spec["prediction_type"]}
     t0 = time.time()
     rows = grid(model, schedule, args.tasks, args.queries, n_samples, **sampler_kw)
     command = "python benchmarks/acceptance.py " + " ".join(sys.argv[1:])

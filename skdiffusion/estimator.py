@@ -273,19 +273,26 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         per = -(-n_samples // len(subsets))
         device, model = self._model()
         schedule = NoiseSchedule(self.model_spec_["timesteps"], self.model_spec_["schedule"])
-        n_steps = min(self.n_sampling_steps, schedule.timesteps)
-        draws = n_noise_draws(schedule, n_steps)
+        kw = self._sampler_kwargs(schedule.timesteps)
+        draws = n_noise_draws(schedule, kw["n_steps"])
         as_t = lambda a: torch.as_tensor(a, device=device)[None]  # noqa: E731 (batch of 1)
         pooled = []
         for j, rows in enumerate(subsets):
             noise = self._query_noise(x_q, per, draws, seed + j, device)
             s = sample_standardized(
                 model, schedule, as_t(x_ctx[rows]), as_t(y_ctx[rows]), as_t(x_q), noise[:, None],
-                self.sampler, n_steps, self.eta,
+                kw["sampler"], kw["n_steps"], kw["eta"],
                 self.model_spec_["prediction_type"], progress=self.verbose > 0)
             pooled.append(s[0].cpu().numpy())
         samples = np.stack(pooled, axis=2).reshape(len(x_q), -1)[:, :n_samples]
         return samples, y_scaler
+
+    def _sampler_kwargs(self, timesteps):
+        """Reverse-chain settings as keywords of :func:`~skdiffusion.inference.sample_raw_tasks`
+        (the benchmarks sample as the estimator does): ``n_sampling_steps`` capped at the
+        model's ``timesteps``."""
+        return dict(sampler=self.sampler, n_steps=min(self.n_sampling_steps, timesteps),
+                    eta=self.eta, antithetic=self.antithetic)
 
     def _context_subsets(self, k, rng):
         """Row indices of the context parts: all rows, or random disjoint subsets of at

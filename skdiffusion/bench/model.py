@@ -22,9 +22,8 @@ class BenchModel:
         self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
         # independent samples (not the estimator's antithetic pairs): the Monte Carlo
         # correction of the error curves and the fair CRPS estimator assume them
-        self.sampler_kw = dict(sampler=reg.sampler, eta=reg.eta, antithetic=False,
-                               n_steps=min(reg.n_sampling_steps, self.schedule.timesteps),
-                               prediction_type=reg.prediction_type)
+        self.sampler_kw = {**reg._sampler_kwargs(self.schedule.timesteps), "antithetic": False,
+                           "prediction_type": reg.prediction_type}
 
     def sample(self, tasks, n_samples, seed, batch=1000, **sampler_kw):
         """(samples (n, n_samples), seconds) for :class:`~.tasks.Tasks`."""
