@@ -69,7 +69,7 @@ def main():
                 is_ctx = torch.zeros(ya.shape, dtype=torch.bool)
                 is_ctx[:, :k] = True
                 base = [(_baseline_moments(ridge_features(xa, ya, is_ctx, penalty=p),
-                                           LEVERAGE_CAPS[p])[0][:, -1] * ys + ym).numpy()
+                                           LEVERAGE_CAPS[p], 10.0)[0][:, -1] * ys + ym).numpy()
                         for p in LEVERAGE_CAPS]
                 loo = (loo_ridge(x, y, xq) * ys + ym).numpy()
                 evidence = (evidence_ridge(x, y, xq) * ys + ym).numpy()

@@ -54,6 +54,11 @@ RIDGE_FLOOR = 1e-2  # plus this, so the solve is well-posed for any context
 LEVERAGE_CAPS = {"fixed": 10.0, "evidence": 100.0}
 PENALTIES = tuple(LEVERAGE_CAPS)
 NOISE_PRIOR = 0.01  # pseudo-observations of variance 1 in the residual variance
+# The baseline variance is clamped to [VARIANCE_FLOOR, variance_cap] (standardized units
+# of y). A cap of 10 (std 3.2) is below the predictive variance of 1-3 point contexts with
+# many features, whose standardized queries lie far out: with it the shipped model covers
+# only 0.73-0.83 of such queries (issue 4's notes).
+VARIANCE_FLOOR, VARIANCE_CAP = 1e-4, 10.0
 
 
 def _noise_variance(rss, dof):
@@ -121,30 +126,30 @@ def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
     return ridge_features_at(fit_ridge(x, y, is_context, lambdas, penalty), x)
 
 
-def _baseline_moments(features, cap):
+def _baseline_moments(features, cap, var_cap):
     m, lev, noise_var = features[..., 0], features[..., -2], features[..., -1]
     m = m / (lev / cap).clamp(min=1)  # shrink far extrapolations to the mean
-    return m, (noise_var * (1 + lev)).clamp(1e-4, 10.0)
+    return m, (noise_var * (1 + lev)).clamp(VARIANCE_FLOOR, var_cap)
 
 
-def residual_scale(features, abar_t, prediction_type, cap):
+def residual_scale(features, abar_t, prediction_type, cap, var_cap):
     """Standard deviation of (true target - Gaussian baseline) if the baseline's Gaussian
     were exact: s_post / b for v, s_post for y0 and s_post * a / b for eps, where
     s_post^2 = s^2 b^2 / (a^2 s^2 + b^2) is the posterior variance of y0 given y_t."""
-    _, s2 = _baseline_moments(features, cap)
+    _, s2 = _baseline_moments(features, cap, var_cap)
     a2, b2 = abar_t, 1 - abar_t
     base = (s2 / (a2 * s2 + b2)).sqrt()
     scale = {"v": base, "sample": base * b2.sqrt(), "epsilon": base * a2.sqrt()}[prediction_type]
     return scale.clamp(min=1e-3)
 
 
-def gaussian_baseline(features, abar_t, y_t, prediction_type, cap):
+def gaussian_baseline(features, abar_t, y_t, prediction_type, cap, var_cap):
     """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md).
 
     m is the first ridge's prediction, divided by leverage / ``cap`` where that exceeds 1
     (far extrapolation, typical of 1-3 point contexts after per-feature standardization);
     s^2 = noise variance * (1 + leverage)."""
-    m, s2 = _baseline_moments(features, cap)
+    m, s2 = _baseline_moments(features, cap, var_cap)
     a, b2 = abar_t.sqrt(), 1 - abar_t
     gain = (y_t - a * m) / (abar_t * s2 + b2)
     eps, y0 = b2.sqrt() * gain, m + a * s2 * gain
@@ -173,11 +178,13 @@ class SetDenoiser(nn.Module):
     """
 
     def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_baseline=True,
-                 abar=None, prediction_type="v", residual_scaling=True, ridge_penalty="fixed"):
+                 abar=None, prediction_type="v", residual_scaling=True, ridge_penalty="fixed",
+                 variance_cap=VARIANCE_CAP):
         super().__init__()
         if ridge_penalty not in PENALTIES:
             raise ValueError(f"ridge_penalty must be one of {PENALTIES}, got {ridge_penalty!r}")
         self.ridge_penalty, self.leverage_cap = ridge_penalty, LEVERAGE_CAPS[ridge_penalty]
+        self.variance_cap = float(variance_cap)
         self.residual_scaling = residual_scaling
         self.max_features, self.n_embd = max_features, n_embd
         self.linear_baseline, self.prediction_type = linear_baseline, prediction_type
@@ -216,10 +223,10 @@ class SetDenoiser(nn.Module):
         scale = torch.ones_like(pred)
         if self.linear_baseline:
             abar_t = self.abar.to(y.dtype)[t]
+            caps = self.leverage_cap, self.variance_cap
             if self.residual_scaling:
-                scale = residual_scale(feats, abar_t, self.prediction_type, self.leverage_cap)
-            pred = scale * pred + gaussian_baseline(feats, abar_t, y, self.prediction_type,
-                                                    self.leverage_cap)
+                scale = residual_scale(feats, abar_t, self.prediction_type, *caps)
+            pred = scale * pred + gaussian_baseline(feats, abar_t, y, self.prediction_type, *caps)
         return (pred, scale) if return_scale else pred
 
     def forward(self, x, y, is_context, t, return_scale=False):

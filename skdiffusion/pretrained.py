@@ -14,7 +14,7 @@ import time
 import torch
 
 from .checkpoint import CONFIG, WEIGHTS, load_weights, read_config, save_model
-from .denoiser import SetDenoiser
+from .denoiser import VARIANCE_CAP, SetDenoiser
 from .diffusion import NoiseSchedule
 from .priors import make_prior
 from .training import TrainConfig, rank_divergence, train
@@ -25,8 +25,11 @@ _MEMORY = {}
 
 def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_head=4,
               timesteps=100, schedule="cosine", prediction_type="v", linear_baseline=True,
-              train=None, ridge_penalty="fixed"):
-    """Canonical, JSON-able configuration of a meta-trained denoiser."""
+              train=None, ridge_penalty="fixed", variance_cap=VARIANCE_CAP):
+    """Canonical, JSON-able configuration of a meta-trained denoiser.
+
+    ``variance_cap`` is stored only when it differs from the default, so configurations
+    (and cache keys) from before it existed stay valid."""
     cfg = TrainConfig(**(train or {}))
     spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
             "n_embd": int(n_embd), "n_head": int(n_head), "timesteps": int(timesteps),
@@ -34,6 +37,8 @@ def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_he
             "linear_baseline": bool(linear_baseline), "residual_scaling": bool(linear_baseline),
             "ridge_penalty": ridge_penalty,
             "train": cfg.to_dict()}
+    if variance_cap != VARIANCE_CAP:
+        spec["variance_cap"] = float(variance_cap)
     return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
 
 
@@ -50,7 +55,8 @@ def build(spec):
         model = SetDenoiser(spec["max_features"], spec["n_layer"], spec["n_embd"], spec["n_head"],
                             spec["linear_baseline"], schedule.abar, spec["prediction_type"],
                             spec.get("residual_scaling", False),
-                            spec.get("ridge_penalty", "fixed"))
+                            spec.get("ridge_penalty", "fixed"),
+                            spec.get("variance_cap", VARIANCE_CAP))
     return model.eval(), schedule
 
 

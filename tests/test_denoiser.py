@@ -180,6 +180,21 @@ def test_residual_scale_is_the_residual_std_under_the_gaussian(ptype, t):
     feats = torch.zeros(n, 6, dtype=torch.float64)
     feats[:, 0], feats[:, -1] = m, s2          # ridge mean m, leverage 0, noise variance s^2
     abar_t = sch.abar[t].expand(n)
-    resid = sch.target(y0, eps, t, ptype) - gaussian_baseline(feats, abar_t, y_t, ptype, cap=10.0)
-    z = resid / residual_scale(feats, abar_t, ptype, cap=10.0)
+    resid = sch.target(y0, eps, t, ptype) - gaussian_baseline(feats, abar_t, y_t, ptype, cap=10.0, var_cap=10.0)
+    z = resid / residual_scale(feats, abar_t, ptype, cap=10.0, var_cap=10.0)
     assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+
+
+@pytest.mark.parametrize("cap", [10.0, 100.0])
+def test_baseline_variance_is_capped_at_variance_cap(cap):
+    """Far outside a tiny context the baseline variance noise * (1 + leverage) exceeds
+    any cap; at t = T (y_t carries nothing) the v residual scale is then sqrt(cap)."""
+    from skdiffusion.denoiser import residual_scale
+    sch = NoiseSchedule(100)
+    feats = torch.tensor([[0.0, 0.0, 0.0, 1e6, 0.5], [0.0, 0.0, 0.0, 1.0, 0.5]],
+                         dtype=torch.float64)             # leverage 1e6 and 1, noise var 0.5
+    abar_T = sch.abar[100].expand(2).double()
+    scale = residual_scale(feats, abar_T, "v", cap=10.0, var_cap=cap)
+    s2 = torch.tensor([cap, 1.0])                          # capped; 0.5 * (1 + 1) uncapped
+    expected = (s2 / (abar_T * s2 + 1 - abar_T)).sqrt()
+    torch.testing.assert_close(scale, expected, rtol=1e-12, atol=0)

@@ -80,6 +80,13 @@ def test_non_finite_loss_is_a_clear_error(tmp_path):
         pretrain(spec(learning_rate=1e30, n_steps=50), str(tmp_path), verbose=0)
 
 
+def test_variance_cap_is_part_of_the_configuration_only_when_not_default():
+    assert "variance_cap" not in make_spec(**SMALL)  # keys of earlier models stay valid
+    s = make_spec(variance_cap=100, **SMALL)
+    assert s["variance_cap"] == 100.0 and build(s)[0].variance_cap == 100.0
+    assert build(make_spec(**SMALL))[0].variance_cap == 10.0
+
+
 def test_model_files_round_trip_and_reject_damage(tmp_path):
     s = spec()
     model, _ = build(s)
@@ -105,11 +112,13 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "skdiffusion", "pretrain", "--out", str(out), "--max-features", "3",
            "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--timesteps", "20",
-           "--steps", "4", "--batch-size", "4", "--n-points", "10", "--warmup", "2"]
+           "--steps", "4", "--batch-size", "4", "--n-points", "10", "--warmup", "2",
+           "--variance-cap", "50"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
-    summary = json.load(open(out / "config.json"))["summary"]
-    assert summary["rank_weight_divergence"] == 0.0
+    stored = json.load(open(out / "config.json"))
+    assert stored["summary"]["rank_weight_divergence"] == 0.0
+    assert stored["config"]["variance_cap"] == 50.0
     first = weights(load(str(out))[0])
     # more steps from the same directory resume from the 4-step checkpoint
     cmd[cmd.index("--steps") + 1] = "6"
