@@ -43,6 +43,50 @@ def bayes_predictive(X_ctx, y_ctx, X_q, noise_std, intercept=False):
     return X_q @ mu, np.sqrt(var)
 
 
+def log_evidence(X_ctx, y_ctx, noise_stds):
+    """log p(y_ctx | X_ctx, sigma) for each sigma in ``noise_stds``, under y = b + x.w +
+    sigma e with w ~ N(0, I) and a flat prior on b (up to a constant in sigma).
+
+    Integrating b out leaves the centred data as k - 1 observations,
+    N(0, Xc Xc^T + sigma^2 I) on the complement of the constant vector; computed in the
+    eigenbasis of G = Xc^T Xc (determinant lemma and Woodbury).
+    """
+    k = len(y_ctx)
+    Xc, yc = X_ctx - X_ctx.mean(0), y_ctx - y_ctx.mean()
+    lam, V = np.linalg.eigh(Xc.T @ Xc)
+    lam, r2 = lam.clip(min=0), (V.T @ Xc.T @ yc) ** 2
+    s2 = np.asarray(noise_stds, dtype=float)[:, None] ** 2
+    quad = (yc @ yc - (r2 / (s2 + lam)).sum(1)) / s2[:, 0]
+    logdet = (k - 1) * np.log(s2[:, 0]) + np.log1p(lam / s2).sum(1)
+    return -0.5 * ((k - 1) * np.log(2 * np.pi) + logdet + quad)
+
+
+def noise_posterior(X_ctx, y_ctx, noise_range, n_grid=200):
+    """(sigmas, weights): the posterior of the noise std on ``n_grid`` log-spaced cells
+    (midpoints) for a prior log-uniform in ``noise_range``, from :func:`log_evidence`."""
+    lo, hi = np.log(noise_range[0]), np.log(noise_range[1])
+    n = n_grid if hi > lo else 1
+    sigmas = np.exp(lo + (np.arange(n) + 0.5) * (hi - lo) / n)
+    logw = log_evidence(X_ctx, y_ctx, sigmas) if len(y_ctx) > 1 else np.zeros(n)
+    w = np.exp(logw - logw.max())
+    return sigmas, w / w.sum()
+
+
+def noise_marginal_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
+    """Posterior predictive mean and std with an unknown intercept (flat prior) and an
+    unknown noise std, log-uniform in ``noise_range`` (a training prior's): the mixture
+    of :func:`bayes_predictive` answers over :func:`noise_posterior`. Its mean is the
+    best prediction for tasks drawn from that prior by an estimator that, like the
+    default model, knows the range of the noise but not its level.
+    """
+    sigmas, w = noise_posterior(X_ctx, y_ctx, noise_range, n_grid)
+    parts = [bayes_predictive(X_ctx, y_ctx, X_q, s, intercept=True) for s in sigmas]
+    m = np.array([p[0] for p in parts])                      # (n_grid, n_queries)
+    v = np.array([p[1] ** 2 for p in parts])
+    mean = w @ m
+    return mean, np.sqrt(np.maximum(w @ (v + m**2) - mean**2, 0))
+
+
 def least_squares(X_ctx, y_ctx, X_q):
     """Minimum-norm least-squares prediction (0 with no context)."""
     if len(y_ctx) == 0:
@@ -57,9 +101,12 @@ def coverage(y, mean, std, level=0.9):
 
 
 def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_std=0.1,
-                     n_tasks=200, n_queries=5, n_samples=64, seed=0, level=0.9, **sampler_kw):
+                     n_tasks=200, n_queries=5, n_samples=64, seed=0, level=0.9,
+                     noise_range=None, **sampler_kw):
     """Rows of {k, mse, bayes_mse, shift_bayes_mse, lsq_mse, ratio, shift_ratio, coverage,
-    bayes_coverage} per k; ``shift_*`` is against the unknown-intercept posterior.
+    bayes_coverage} per k; ``shift_*`` is against the unknown-intercept posterior. With
+    ``noise_range`` (the model's training prior) also ``prior_bayes_mse`` and
+    ``prior_ratio``, against :func:`noise_marginal_predictive`.
 
     Coverage is that of the central ``level`` interval mean +- z * std of the samples
     (for n = 64 samples, empirical 5 %/95 % quantiles alone would cover only ~0.87 of a
@@ -84,6 +131,11 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
                      "shift_ratio": mse / shift_mse,
                      "coverage": coverage(yq, mean, std, level),
                      "bayes_coverage": coverage(yq, bm, bs, level)})
+        if noise_range is not None and k >= 1:
+            prior = np.array([noise_marginal_predictive(Xc[i], yc[i], Xq[i], noise_range)[0]
+                              for i in range(n_tasks)])
+            rows[-1]["prior_bayes_mse"] = float(np.mean((prior - yq) ** 2))
+            rows[-1]["prior_ratio"] = mse / rows[-1]["prior_bayes_mse"]
     return rows
 
 

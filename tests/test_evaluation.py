@@ -1,8 +1,13 @@
 """The benchmark's reference answers: exact Bayes posterior and least squares."""
 
-import numpy as np
+from statistics import NormalDist
 
-from skdiffusion.evaluation import bayes_predictive, least_squares, linear_tasks
+import numpy as np
+import pytest
+import torch
+
+from skdiffusion.evaluation import (bayes_predictive, least_squares, linear_tasks, log_evidence,
+                                    noise_marginal_predictive, noise_posterior)
 
 
 def test_bayes_predictive_is_calibrated_and_beats_least_squares():
@@ -40,3 +45,85 @@ def test_unknown_intercept_posterior_is_the_flat_prior_limit():
     m2, s2 = bayes_predictive(Xc + 7.0, yc - 3.0, Xq + 7.0, 0.3, intercept=True)
     np.testing.assert_allclose(m2, m - 3.0, rtol=1e-10)
     np.testing.assert_allclose(s2, s, rtol=1e-10)
+
+
+def test_log_evidence_is_the_flat_intercept_limit():
+    """Differences across sigma equal those of the exact Gaussian evidence with a
+    N(0, c^2) intercept, c = 1e3 (the constant in c cancels; the rest is O(1/c^2), and
+    a larger c loses digits to cancellation)."""
+    Xc, yc, _, _ = linear_tasks(1, 5, 1, 3, 0.3, seed=7)
+    Xc, yc = Xc[0], yc[0]
+    sig = np.array([0.05, 0.3, 2.0])
+    c = 1e3
+
+    def exact(s):
+        cov = c**2 + Xc @ Xc.T + s**2 * np.eye(len(yc))
+        return -0.5 * (np.linalg.slogdet(2 * np.pi * cov)[1] + yc @ np.linalg.solve(cov, yc))
+
+    ref = np.array([exact(s) for s in sig])
+    np.testing.assert_allclose(np.diff(log_evidence(Xc, yc, sig)), np.diff(ref), rtol=0, atol=1e-5)
+
+
+def test_noise_marginal_predictive_reduces_and_integrates():
+    Xc, yc, Xq, _ = linear_tasks(1, 6, 3, 3, 0.3, seed=8)
+    Xc, yc, Xq = Xc[0], yc[0], Xq[0]
+    m, s = noise_marginal_predictive(Xc, yc, Xq, (0.3, 0.3))   # a point prior
+    m_ref, s_ref = bayes_predictive(Xc, yc, Xq, 0.3, intercept=True)
+    np.testing.assert_allclose(m, m_ref, rtol=1e-12)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-12)
+    # a finer grid changes nothing: the integral over sigma has converged
+    m1, s1 = noise_marginal_predictive(Xc, yc, Xq, (0.01, 5.0))
+    m2, s2 = noise_marginal_predictive(Xc, yc, Xq, (0.01, 5.0), n_grid=2000)
+    np.testing.assert_allclose(m1, m2, rtol=1e-4)
+    np.testing.assert_allclose(s1, s2, rtol=1e-4)
+
+
+def test_noise_marginal_predictive_is_calibrated_on_its_prior():
+    """On tasks whose intercept and noise are drawn as the prior says, the exact mixture
+    predictive's central 90 % interval (from its mixture CDF at y, the PIT) covers 0.9,
+    also on the low- and the high-noise half alone: weighting by the prior instead of
+    the evidence would cover 1.0 and 0.81 there."""
+    rng = np.random.default_rng(0)
+    d, k = 3, 8
+    pit, noise = [], np.exp(rng.uniform(np.log(0.01), np.log(5.0), 600))
+    for sd in noise:
+        X = rng.standard_normal((k + 1, d))
+        y = 3.0 * rng.standard_normal() + X @ rng.standard_normal(d) + sd * rng.standard_normal(k + 1)
+        sigmas, w = noise_posterior(X[:k], y[:k], (0.01, 5.0), n_grid=100)
+        parts = [bayes_predictive(X[:k], y[:k], X[k:], s, intercept=True) for s in sigmas]
+        pit.append(w @ [NormalDist(m[0], s[0]).cdf(y[k]) for m, s in parts])
+    inside = (np.array(pit) > 0.05) & (np.array(pit) < 0.95)
+    low = noise < np.median(noise)
+    for part in (inside, inside[low], inside[~low]):    # 600 / 300 draws: sd 0.012 / 0.017
+        assert abs(part.mean() - 0.9) < 0.05
+
+
+def test_noise_marginal_predictive_needs_residual_dof_to_know_the_noise():
+    """With many residual degrees of freedom the data pins the noise down and the
+    prior's answer matches the known-noise one; at k = d + 2 it cannot, and shrinks
+    more than noise 0.1 tasks deserve."""
+    def mse_ratio(k, d):
+        Xc, yc, Xq, yq = linear_tasks(200, k, 1, d, 0.1, seed=k)
+        m = [noise_marginal_predictive(Xc[i], yc[i], Xq[i], (0.01, 5.0))[0] for i in range(200)]
+        ref = [bayes_predictive(Xc[i], yc[i], Xq[i], 0.1, intercept=True)[0] for i in range(200)]
+        return np.mean((np.ravel(m) - yq.ravel()) ** 2) / np.mean((np.ravel(ref) - yq.ravel()) ** 2)
+
+    assert abs(mse_ratio(40, 2) - 1) < 0.05
+    assert mse_ratio(7, 5) > 1.3
+
+
+def test_icl_linear_table_reports_the_priors_bayes_answer():
+    from skdiffusion.denoiser import SetDenoiser
+    from skdiffusion.diffusion import NoiseSchedule
+    from skdiffusion.evaluation import icl_linear_table
+    sch = NoiseSchedule(20)
+    torch.manual_seed(0)
+    model = SetDenoiser(max_features=2, n_layer=1, n_embd=16, n_head=2, abar=sch.abar).eval()
+    rows = icl_linear_table(model, sch, d=2, ks=(0, 3), n_tasks=4, n_queries=2, n_samples=4,
+                            noise_range=(0.01, 5.0), n_steps=5)
+    assert "prior_ratio" not in rows[0]                   # no context: no posterior
+    r = rows[1]
+    assert r["prior_ratio"] == pytest.approx(r["mse"] / r["prior_bayes_mse"])
+    Xc, yc, Xq, yq = linear_tasks(4, 3, 2, 2, 0.1, seed=3)  # the table's tasks at k = 3
+    m = [noise_marginal_predictive(Xc[i], yc[i], Xq[i], (0.01, 5.0))[0] for i in range(4)]
+    assert r["prior_bayes_mse"] == pytest.approx(np.mean((np.array(m) - yq) ** 2))
