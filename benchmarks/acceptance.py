@@ -49,14 +49,18 @@ def markdown(rows):
     lines = ["| d | k | model / Bayes | bar | model / unknown-intercept Bayes "
              "| unknown-intercept Bayes / Bayes "
              + ("| model / prior's Bayes | prior's Bayes / Bayes " if prior else "")
-             + "| 90 % coverage |", "|" + "---|" * (9 if prior else 7)]
+             + "| 90 % coverage " + ("| prior's Bayes coverage " if prior else "") + "|",
+             "|" + "---|" * (10 if prior else 7)]
     for r in rows:
         b = bar(r["d"], r["k"])
         cells = [r["d"], r["k"], f"{r['ratio']:.2f}", b or "-", f"{r['shift_ratio']:.2f}",
                  f"{r['shift_bayes_mse'] / r['bayes_mse']:.2f}"]
         if prior:
             cells += [f"{r['prior_ratio']:.2f}", f"{r['prior_bayes_mse'] / r['bayes_mse']:.2f}"]
-        lines.append("| " + " | ".join(map(str, cells + [f"{r['coverage']:.3f}"])) + " |")
+        cells.append(f"{r['coverage']:.3f}")
+        if prior:
+            cells.append(f"{r['prior_coverage']:.3f}")
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -67,7 +71,8 @@ def prior_note(noise_range):
     return (f" \"Prior's Bayes\": the posterior predictive with an unknown intercept and a "
             f"noise std known only to be log-uniform in [{lo}, {hi}] (the model's training "
             f"prior): what a model trained to perfection on that prior would predict, save "
-            f"that it also knows the weights' prior scale, which standardizing hides.")
+            f"that it also knows the weights' prior scale, which standardizing hides. Its "
+            f"coverage is that of its mean +- 1.645 std, as for the model.")
 
 
 def summary(rows):

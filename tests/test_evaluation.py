@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from skdiffusion.evaluation import (bayes_predictive, least_squares, linear_tasks, log_evidence,
-                                    noise_marginal_predictive, noise_posterior)
+from skdiffusion.evaluation import (bayes_predictive, coverage, least_squares, linear_tasks,
+                                    log_evidence, noise_marginal_predictive, noise_posterior)
 
 
 def test_bayes_predictive_is_calibrated_and_beats_least_squares():
@@ -125,5 +125,7 @@ def test_icl_linear_table_reports_the_priors_bayes_answer():
     r = rows[1]
     assert r["prior_ratio"] == pytest.approx(r["mse"] / r["prior_bayes_mse"])
     Xc, yc, Xq, yq = linear_tasks(4, 3, 2, 2, 0.1, seed=3)  # the table's tasks at k = 3
-    m = [noise_marginal_predictive(Xc[i], yc[i], Xq[i], (0.01, 5.0))[0] for i in range(4)]
-    assert r["prior_bayes_mse"] == pytest.approx(np.mean((np.array(m) - yq) ** 2))
+    m, s = np.array([noise_marginal_predictive(Xc[i], yc[i], Xq[i], (0.01, 5.0))
+                     for i in range(4)]).transpose(1, 0, 2)
+    assert r["prior_bayes_mse"] == pytest.approx(np.mean((m - yq) ** 2))
+    assert r["prior_coverage"] == coverage(yq, m, s)
