@@ -42,7 +42,7 @@ def main():
         for directory, step in directories(run):
             config = read_config(directory)
             model, schedule = load(directory)
-            steps = step or config["config"]["train"]["n_steps"]
+            steps = step or config.get("summary", {}).get("steps") or config["config"]["train"]["n_steps"]
             for d in (2, 5, 10):
                 r = posterior_mean_ratio(model, schedule, config["config"]["prediction_type"], d=d,
                                          ks=ks_for(d), noise_std=args.noise, n_tasks=args.tasks)
