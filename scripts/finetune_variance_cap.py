@@ -6,7 +6,8 @@ point contexts. This continues its training with ``variance_cap`` raised, on the
 prior (fresh AdamW state, new task seed), so that the effect of the cap can be measured
 without a GPU run from scratch. The saved configuration records the parent's cache key
 and the fine-tuning settings under ``train.extra``, so it never collides with the key of
-a from-scratch configuration.
+a from-scratch configuration. Snapshots of the weights go to OUT/snapshots/STEP for
+``benchmarks/learning_curve.py``.
 
     python scripts/finetune_variance_cap.py --out runs/ft100 --cap 100 --steps 480
     python benchmarks/acceptance.py --model runs/ft100 --out /tmp/acceptance_ft100.md
@@ -33,6 +34,9 @@ def main():
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=25, help="warm-up steps")
     p.add_argument("--seed", type=int, default=1, help="task seed (the parent used 0)")
+    p.add_argument("--snapshot-every", type=int, default=120,
+                   help="save the weights every this many steps to OUT/snapshots/STEP "
+                        "(for benchmarks/learning_curve.py; a multiple of 20)")
     args = p.parse_args()
     parent = DiffusionICLRegressor()._spec()
     model, schedule = get_denoiser(parent)
@@ -42,10 +46,14 @@ def main():
                 seed=args.seed)
     spec = {**parent, "variance_cap": args.cap,
             "train": {**parent["train"], "extra": {"finetune_of": spec_key(parent), **tune}}}
+    def snapshot(step, model):
+        if step % args.snapshot_every == 0 and step < args.steps:
+            save_model(os.path.join(args.out, "snapshots", str(step)), model, spec, {"steps": step})
+
     t0 = time.time()
     history = train(model, schedule, _prior(parent), TrainConfig(**{**parent["train"], **tune}),
                     parent["prediction_type"], checkpoint_path=os.path.join(args.out, "train_state.pt"),
-                    checkpoint_every=20)
+                    checkpoint_every=20, callback=snapshot)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     save_model(args.out, model, spec, {"steps": args.steps, "final_loss": history[-1][1],
                                        "seconds_this_run": round(time.time() - t0, 1),
