@@ -135,9 +135,9 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
             prior = [noise_marginal_predictive(Xc[i], yc[i], Xq[i], noise_range)
                      for i in range(n_tasks)]
             pm, ps = np.array([p[0] for p in prior]), np.array([p[1] for p in prior])
-            rows[-1].update(prior_bayes_mse=float(np.mean((pm - yq) ** 2)),
+            prior_mse = float(np.mean((pm - yq) ** 2))
+            rows[-1].update(prior_bayes_mse=prior_mse, prior_ratio=mse / prior_mse,
                             prior_coverage=coverage(yq, pm, ps, level))
-            rows[-1]["prior_ratio"] = mse / rows[-1]["prior_bayes_mse"]
     return rows
 
 
