@@ -81,10 +81,13 @@ def load(directory, spec=None):
     return load_weights(directory, model), schedule
 
 
-def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu", rank=0):
+def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu", rank=0,
+             checkpoint_every=None):
     """Meta-train ``spec`` into ``out_dir`` (resuming from its training checkpoint).
 
-    Under ``torchrun`` every rank calls this; only ``rank`` 0 writes the model."""
+    The checkpoint is written every ``checkpoint_every`` steps (default: every 1,000, or
+    at the end of shorter runs). Under ``torchrun`` every rank calls this; only ``rank`` 0
+    writes the model."""
     model, schedule = build(spec)
     os.makedirs(out_dir, exist_ok=True)
     state = os.path.join(out_dir, "train_state.pt")
@@ -92,7 +95,8 @@ def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu"
     cfg = TrainConfig(**spec["train"])
     history = train(model, schedule, _prior(spec), cfg, spec["prediction_type"],
                     checkpoint_path=state, verbose=verbose,
-                    checkpoint_every=max(1, min(1000, cfg.n_steps)), callback=callback,
+                    checkpoint_every=checkpoint_every or max(1, min(1000, cfg.n_steps)),
+                    callback=callback,
                     device=device)
     divergence = rank_divergence(model)
     model.cpu()

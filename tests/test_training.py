@@ -11,7 +11,7 @@ import torch
 from skdiffusion.checkpoint import load_weights, save_model
 from skdiffusion.pretrained import build, load, make_spec, pretrain
 from skdiffusion.priors import make_prior, sample_tasks
-from skdiffusion.training import TrainConfig, curriculum, diffusion_loss, lr_at, train
+from skdiffusion.training import TrainConfig, curriculum, diffusion_loss, lr_at
 
 SMALL = dict(max_features=3, n_layer=1, n_embd=16, n_head=2, timesteps=20)
 
@@ -62,15 +62,16 @@ def test_resume_continues_exactly(tmp_path):
     class Killed(Exception):
         pass
 
+    killed_at = []
+
     def kill(step, model):
+        killed_at.append(step)
         raise Killed
 
-    model, schedule = build(spec(n_steps=8))
-    os.makedirs(tmp_path / "part")
     with pytest.raises(Killed):
-        train(model, schedule, make_prior("noisy_linear"), TrainConfig(**spec(n_steps=8)["train"]),
-              checkpoint_path=str(tmp_path / "part" / "train_state.pt"), checkpoint_every=4,
-              verbose=0, callback=kill)
+        pretrain(spec(n_steps=8), str(tmp_path / "part"), verbose=0, checkpoint_every=4,
+                 callback=kill)
+    assert killed_at == [4]
     resumed, _ = pretrain(spec(n_steps=8), str(tmp_path / "part"), verbose=0)
     torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
 
