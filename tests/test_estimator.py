@@ -186,6 +186,17 @@ def test_default_configuration_ships_trained(monkeypatch):
     assert reg.score(X[30:], y[30:]) > 0.9
 
 
+def test_variance_cap_reaches_the_denoiser(monkeypatch):
+    """The cap is part of the configuration (and so of the cache key) and of the model."""
+    monkeypatch.setattr(pretrained, "pretrain", lambda spec, *a, **k: pretrained.build(spec))
+    X, y = linear_data(n=20, d=2)
+    capped = DiffusionICLRegressor(variance_cap=50.0, n_samples=2).fit(X, y)
+    assert capped.model_spec_["variance_cap"] == 50.0 and capped.denoiser_.variance_cap == 50.0
+    default = DiffusionICLRegressor().fit(X, y)
+    assert "variance_cap" not in default.model_spec_ and default.denoiser_.variance_cap == 10.0
+    assert pretrained.spec_key(capped.model_spec_) != pretrained.spec_key(default.model_spec_)
+
+
 def test_antithetic_sampling_cuts_monte_carlo_error(tiny):
     """Antithetic noise pairs cancel the part of each sample that is linear in the noise,
     so predictions vary much less across random states than with independent noise."""
