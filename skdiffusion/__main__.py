@@ -42,6 +42,8 @@ def _parser():
     t.add_argument("--max-context", type=int, default=None, help="largest context size drawn")
     t.add_argument("--curriculum-steps", type=int, default=0, help="ramp d and n over these steps")
     t.add_argument("--seed", type=int, default=0, help="seed for init and task draws")
+    t.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between resumable checkpoints (default 1000)")
     t.add_argument("--curve", action="store_true",
                    help="log a learning curve (posterior-mean MSE / Bayes) at each checkpoint")
     e = sub.add_parser("evaluate", help="print the in-context linear benchmark for a model dir")
@@ -95,7 +97,7 @@ def main(argv=None):
     command = "python -m skdiffusion " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     device, rank = _init_distributed()
     pretrain(spec, args.out, verbose=1, callback=callback, command=command, device=device,
-             rank=rank)
+             rank=rank, checkpoint_every=args.checkpoint_every)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0

@@ -18,6 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
+from .denoiser import VARIANCE_CAP
 from .diffusion import PREDICTION_TYPES, SCHEDULES, NoiseSchedule, draw_noise, n_noise_draws
 from .inference import sample_standardized
 from .pretrained import build, get_denoiser, make_spec
@@ -157,7 +158,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     def __init__(self, *, prior=("noisy_linear", {"noise_range": (0.01, 5.0)}), max_features=10,
                  max_context=128, n_layer=4, n_embd=96, n_head=4, timesteps=50,
                  schedule="cosine", prediction_type="v", n_train_steps=5500, batch_size=512,
-                 learning_rate=1e-3, variance_cap=10.0, sampler="ddpm",
+                 learning_rate=1e-3, variance_cap=VARIANCE_CAP, sampler="ddpm",
                  n_sampling_steps=20, eta=0.0, n_samples=24, antithetic=True,
                  device="auto", random_state=None, verbose=0):
         self.prior = prior

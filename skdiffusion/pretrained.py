@@ -96,8 +96,7 @@ def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu"
     history = train(model, schedule, _prior(spec), cfg, spec["prediction_type"],
                     checkpoint_path=state, verbose=verbose,
                     checkpoint_every=checkpoint_every or max(1, min(1000, cfg.n_steps)),
-                    callback=callback,
-                    device=device)
+                    callback=callback, device=device)
     divergence = rank_divergence(model)
     model.cpu()
     summary = {"steps": cfg.n_steps, "final_loss": history[-1][1] if history else None,

@@ -114,7 +114,7 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
            "-m", "skdiffusion", "pretrain", "--out", str(out), "--max-features", "3",
            "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--timesteps", "20",
            "--steps", "4", "--batch-size", "4", "--n-points", "10", "--warmup", "2",
-           "--variance-cap", "50"]
+           "--variance-cap", "50", "--checkpoint-every", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     stored = json.load(open(out / "config.json"))
