@@ -1,5 +1,7 @@
 """One line per acceptance table (``benchmarks/acceptance.py`` output): whole-grid summaries
-for choosing between models.
+for choosing between models. The last two columns compare each table with the first, cell
+by cell: the median and the largest ratio of its model / unknown-intercept Bayes to the
+first table's (below 1 is better).
 
     python benchmarks/compare_acceptance.py benchmarks/results/acceptance.md \
         benchmarks/results/acceptance_cap100_cpu1500.md
@@ -7,6 +9,8 @@ for choosing between models.
 
 import argparse
 import math
+import re
+import statistics
 
 RATIO, COVERAGE = "model / unknown-intercept Bayes", "90 % coverage"
 
@@ -23,21 +27,33 @@ def table(path):
     return rows
 
 
+def bar_met(path):
+    """Cells meeting their bar, "N/M", from the table's summary line, which judged the
+    unrounded ratios (the cells show two decimals)."""
+    return re.search(r"accuracy bar met at (\d+/\d+)", open(path).read()).group(1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tables", nargs="+")
     args = p.parse_args()
-    print("| table | cells | geometric mean of model / unknown-intercept Bayes "
-          "| coverage in [0.86, 0.94] | mean abs(coverage - 0.9) |")
-    print("|---|---|---|---|---|")
+    print("| table | cells | bar met | geometric mean of model / unknown-intercept Bayes "
+          "| coverage in [0.86, 0.94] | mean abs(coverage - 0.9) "
+          "| median cell / first table's | worst cell / first table's |")
+    print("|---|---|---|---|---|---|---|---|")
+    first = table(args.tables[0])
     for path in args.tables:
-        rows = table(path).values()
+        cells = table(path)
+        rows = cells.values()
         ratios = [float(r[RATIO]) for r in rows]
         cover = [float(r[COVERAGE]) for r in rows]
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         inside = sum(0.86 <= c <= 0.94 for c in cover)
         off = sum(abs(c - 0.9) for c in cover) / len(cover)
-        print(f"| {path} | {len(ratios)} | {geo:.2f} | {inside} | {off:.3f} |")
+        rel = [float(r[RATIO]) / float(first[key][RATIO]) for key, r in cells.items()
+               if key in first]
+        print(f"| {path} | {len(ratios)} | {bar_met(path)} | {geo:.2f} | {inside} "
+              f"| {off:.3f} | {statistics.median(rel):.2f} | {max(rel):.2f} |")
 
 
 if __name__ == "__main__":
