@@ -10,7 +10,7 @@ centres its data: the unknown-intercept Bayes answer that knows the true noise
 k = d (the acceptance bar's hard cells) and must cost something on noisier tasks; this
 says how much, before anyone spends a training run on it.
 
-    python benchmarks/noise_prior.py --out benchmarks/results/noise_prior.md
+    python benchmarks/noise_prior.py --tasks 100 --out benchmarks/results/noise_prior.md
 """
 
 import argparse
@@ -53,7 +53,7 @@ def cell(d, k, noise, ranges, n_tasks, n_queries, seed):
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", type=int, default=200, help="tasks per cell")
+    p.add_argument("--tasks", type=int, default=100, help="tasks per cell")
     p.add_argument("--queries", type=int, default=5, help="queries per task")
     p.add_argument("--out", help="also write the Markdown here")
     args = p.parse_args()
