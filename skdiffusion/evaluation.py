@@ -80,11 +80,25 @@ def noise_marginal_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
     like a model meta-trained on it, knows the noise's range but not its level.
     """
     sigmas, w = noise_posterior(X_ctx, y_ctx, noise_range, n_grid)
-    parts = [bayes_predictive(X_ctx, y_ctx, X_q, s, intercept=True) for s in sigmas]
-    m = np.array([p[0] for p in parts])                      # (n_grid, n_queries)
-    v = np.array([p[1] ** 2 for p in parts])
+    m, v = _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas)
     mean = w @ m
     return mean, np.sqrt(np.maximum(w @ (v + m**2) - mean**2, 0))
+
+
+def _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas):
+    """``bayes_predictive(..., s, intercept=True)`` for every s in ``sigmas`` at once, as
+    (means, variances) of shape (len(sigmas), n_queries): in the eigenbasis of
+    G = Xc^T Xc, S = V diag(s^2 / (s^2 + lam)) V^T, so one eigh serves every sigma."""
+    k = len(y_ctx)
+    x_mean, y_mean = (X_ctx.mean(0), y_ctx.mean()) if k else (0.0, 0.0)
+    lam, V = np.linalg.eigh((X_ctx - x_mean).T @ (X_ctx - x_mean))
+    b = V.T @ (X_ctx - x_mean).T @ (y_ctx - y_mean)
+    Z = (X_q - x_mean) @ V                                   # (n_queries, d)
+    s2 = np.asarray(sigmas, dtype=float)[:, None] ** 2       # (n_grid, 1)
+    inv = 1.0 / (s2 + lam.clip(min=0))                       # (n_grid, d)
+    means = (inv * b) @ Z.T + y_mean
+    var = s2 * (inv @ (Z**2).T) + s2 * (1 + (1 / k if k else 0))
+    return means, var
 
 
 def least_squares(X_ctx, y_ctx, X_q):

@@ -78,6 +78,19 @@ def test_noise_marginal_predictive_reduces_and_integrates():
     np.testing.assert_allclose(s1, s2, rtol=1e-4)
 
 
+def test_noise_marginal_predictive_is_the_mixture_of_bayes_predictives():
+    """The one-eigendecomposition computation equals the mixture written out with
+    :func:`bayes_predictive` at every grid sigma, also with no context at all."""
+    Xc, yc, Xq, _ = linear_tasks(1, 5, 4, 3, 0.5, seed=9)
+    for k in (5, 2, 0):
+        sigmas, w = noise_posterior(Xc[0, :k], yc[0, :k], (0.05, 3.0), n_grid=7)
+        parts = [bayes_predictive(Xc[0, :k], yc[0, :k], Xq[0], s, intercept=True) for s in sigmas]
+        m, v = np.array([p[0] for p in parts]), np.array([p[1] ** 2 for p in parts])
+        mean, std = noise_marginal_predictive(Xc[0, :k], yc[0, :k], Xq[0], (0.05, 3.0), n_grid=7)
+        np.testing.assert_allclose(mean, w @ m, rtol=1e-10)
+        np.testing.assert_allclose(std**2, w @ (v + m**2) - (w @ m) ** 2, rtol=1e-8)
+
+
 def test_noise_marginal_predictive_is_calibrated_on_its_prior():
     """On tasks whose intercept and noise are drawn as the prior says, the exact mixture
     predictive's central 90 % interval (from its mixture CDF at y, the PIT) covers 0.9,
