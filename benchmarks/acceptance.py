@@ -96,7 +96,7 @@ def main():
         spec = read_config(args.model)["config"]
         model, schedule = load(args.model)
     else:
-        spec = DiffusionICLRegressor()._spec()
+        spec = DiffusionICLRegressor().model_spec()
         model, schedule = get_denoiser(spec)
     reg = DiffusionICLRegressor()  # its sampling settings
     n_samples = args.samples or reg.n_samples

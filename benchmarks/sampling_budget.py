@@ -62,7 +62,7 @@ def main():
     p.add_argument("--tasks", type=int, default=100, help="tasks per synthetic cell")
     p.add_argument("--out", default=os.path.join(HERE, "results", "sampling_budget.md"))
     args = p.parse_args()
-    spec = DiffusionICLRegressor()._spec()
+    spec = DiffusionICLRegressor().model_spec()
     model, schedule = get_denoiser(spec)
     results = {}
     for setting in args.settings:

@@ -31,7 +31,7 @@ def main():
     p.add_argument("--estimator", default="{}", help="JSON of DiffusionICLRegressor kwargs")
     args = p.parse_args()
     kw = json.loads(args.estimator)
-    key = pretrained.spec_key(DiffusionICLRegressor(**kw)._spec())
+    key = pretrained.spec_key(DiffusionICLRegressor(**kw).model_spec())
     if pretrained.spec_key(read_config(args.model)["config"]) != key:
         sys.exit(f"{args.model} was not trained with DiffusionICLRegressor(**{kw})'s configuration")
     os.environ["SKDIFFUSION_CACHE"] = cache = tempfile.mkdtemp()

@@ -38,7 +38,7 @@ def main():
                    help="save the weights every this many steps to OUT/snapshots/STEP "
                         "(for benchmarks/learning_curve.py; a multiple of 20)")
     args = p.parse_args()
-    parent = DiffusionICLRegressor()._spec()
+    parent = DiffusionICLRegressor().model_spec()
     model, schedule = get_denoiser(parent)
     model = copy.deepcopy(model)
     model.variance_cap = args.cap

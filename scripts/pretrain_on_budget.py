@@ -2,7 +2,7 @@
 
 Times a few optimizer steps of the configuration on this machine, picks the largest step
 count (a multiple of 500) that ends training before ``--deadline`` seconds after start,
-and meta-trains exactly ``DiffusionICLRegressor(**ESTIMATOR, n_train_steps=N)._spec()``
+and meta-trains exactly ``DiffusionICLRegressor(**ESTIMATOR, n_train_steps=N).model_spec()``
 (plus ``--spec`` overrides) with :func:`skdiffusion.pretrained.pretrain`. Weights are
 snapshotted at a few steps for a learning curve. Once the chosen settings are the
 estimator's defaults, ``python -m skdiffusion pretrain --default`` reproduces the spec on
@@ -32,7 +32,7 @@ SNAPSHOTS = (1000, 2000, 4000, 8000, 16000, 32000)
 
 
 def make(estimator_kw, overrides, n_steps):
-    spec = DiffusionICLRegressor(**estimator_kw, n_train_steps=n_steps)._spec()
+    spec = DiffusionICLRegressor(**estimator_kw, n_train_steps=n_steps).model_spec()
     spec.update(overrides)
     return json.loads(json.dumps(spec))
 

@@ -71,7 +71,7 @@ def main(argv=None):
         return 0
     if args.default:
         from .estimator import DiffusionICLRegressor
-        spec = DiffusionICLRegressor()._spec()
+        spec = DiffusionICLRegressor().model_spec()
     else:
         spec = make_spec(
             _prior_arg(args.prior), args.max_features, args.n_layer, args.n_embd, args.n_head,

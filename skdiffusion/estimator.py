@@ -184,7 +184,19 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fitting
-    def _spec(self):
+    def model_spec(self):
+        """The denoiser configuration these parameters select.
+
+        ``fit`` loads the denoiser stored under ``pretrained.spec_key(model_spec())``: the
+        shipped weights for the default configuration, else the cache, else it meta-trains
+        one. Only the model and training parameters enter; sampling parameters do not.
+
+        Returns
+        -------
+        spec : dict
+            JSON-serializable task prior, architecture, diffusion and training settings.
+        """
+        self._validate_params()
         name = self.prior if isinstance(self.prior, str) else None
         if name is not None and name not in PRIORS:
             raise ValueError(f"prior must be one of {sorted(PRIORS)}, a (name, kwargs) pair "
@@ -225,7 +237,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         self._check_n_features(X.shape[1])
-        self.model_spec_ = self._spec()
+        self.model_spec_ = self.model_spec()
         self.denoiser_, _ = get_denoiser(self.model_spec_, verbose=self.verbose)
         self.x_scaler_ = StandardScaler().fit(X)
         self.y_scaler_ = StandardScaler().fit(y.reshape(-1, 1))

@@ -180,10 +180,20 @@ def test_default_configuration_ships_trained(monkeypatch):
     monkeypatch.setattr(pretrained, "_MEMORY", {})
     monkeypatch.setattr(pretrained, "pretrain", lambda *a, **k: pytest.fail("would train"))
     X, y = linear_data(n=40, d=4, seed=11)
-    reg = DiffusionICLRegressor(random_state=0, n_samples=8).fit(X[:30], y[:30])
-    key = pretrained.spec_key(reg.model_spec_)
+    key = pretrained.spec_key(DiffusionICLRegressor().model_spec())
     assert pretrained.os.path.isdir(pretrained.os.path.join(pretrained.SHIPPED_DIR, key))
+    reg = DiffusionICLRegressor(random_state=0, n_samples=8).fit(X[:30], y[:30])
+    assert pretrained.spec_key(reg.model_spec_) == key     # sampling settings are not in it
     assert reg.score(X[30:], y[30:]) > 0.9
+
+
+def test_model_spec_validates_before_anything_is_built():
+    with pytest.raises(ValueError, match="divisible"):
+        DiffusionICLRegressor(n_embd=30, n_head=4).model_spec()
+    with pytest.raises(ValueError, match="prior must be one of"):
+        DiffusionICLRegressor(prior="cubic").model_spec()
+    with pytest.raises(ValueError, match="timesteps"):
+        DiffusionICLRegressor(timesteps=5).model_spec()
 
 
 def test_variance_cap_reaches_the_denoiser(monkeypatch):

@@ -17,7 +17,7 @@ class BenchModel:
     def __init__(self, params=None, verbose=1):
         self.params = dict(params or {})
         reg = DiffusionICLRegressor(**self.params)
-        self.spec = reg._spec()
+        self.spec = reg.model_spec()
         self.key = spec_key(self.spec)
         self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
         # independent samples (not the estimator's antithetic pairs): the Monte Carlo
