@@ -87,7 +87,8 @@ def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu"
 
     The checkpoint is written every ``checkpoint_every`` steps (default: every 1,000, or
     at the end of shorter runs). Under ``torchrun`` every rank calls this; only ``rank`` 0
-    writes the model."""
+    writes the model. The summary stored with it keeps the loss logged every 50 steps
+    (``loss_history``, an exponential moving average of the batch loss)."""
     model, schedule = build(spec)
     os.makedirs(out_dir, exist_ok=True)
     state = os.path.join(out_dir, "train_state.pt")
@@ -101,7 +102,8 @@ def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu"
     model.cpu()
     summary = {"steps": cfg.n_steps, "final_loss": history[-1][1] if history else None,
                "seconds_this_run": round(time.time() - t0, 1), "command": command,
-               "rank_weight_divergence": divergence}
+               "rank_weight_divergence": divergence,
+               "loss_history": [[step, loss] for step, loss in history]}
     if rank == 0:
         save_model(out_dir, model, spec, summary)
     return model, schedule

@@ -126,4 +126,7 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     summary = json.load(open(out / "config.json"))["summary"]
     assert summary["steps"] == 6 and summary["rank_weight_divergence"] == 0.0
+    # the loss logged before the restart is kept: one entry per run's last step
+    assert [step for step, _ in summary["loss_history"]] == [4, 6]
+    assert summary["loss_history"][-1][1] == summary["final_loss"]
     assert not torch.equal(first, weights(load(str(out))[0]))
