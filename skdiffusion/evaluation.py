@@ -91,8 +91,9 @@ def _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas):
     G = Xc^T Xc, S = V diag(s^2 / (s^2 + lam)) V^T, so one eigh serves every sigma."""
     k = len(y_ctx)
     x_mean, y_mean = (X_ctx.mean(0), y_ctx.mean()) if k else (0.0, 0.0)
-    lam, V = np.linalg.eigh((X_ctx - x_mean).T @ (X_ctx - x_mean))
-    b = V.T @ (X_ctx - x_mean).T @ (y_ctx - y_mean)
+    Xc = X_ctx - x_mean
+    lam, V = np.linalg.eigh(Xc.T @ Xc)
+    b = V.T @ Xc.T @ (y_ctx - y_mean)
     Z = (X_q - x_mean) @ V                                   # (n_queries, d)
     s2 = np.asarray(sigmas, dtype=float)[:, None] ** 2       # (n_grid, 1)
     inv = 1.0 / (s2 + lam.clip(min=0))                       # (n_grid, d)
