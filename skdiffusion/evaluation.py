@@ -43,6 +43,15 @@ def bayes_predictive(X_ctx, y_ctx, X_q, noise_std, intercept=False):
     return X_q @ mu, np.sqrt(var)
 
 
+def _centred_eigh(X_ctx, y_ctx):
+    """(x_mean, y_mean, lam, V, b): the context's means (0 when empty), the eigenpairs of
+    the centred Gram matrix Xc^T Xc (lam clipped at 0) and b = V^T Xc^T yc."""
+    x_mean, y_mean = (X_ctx.mean(0), y_ctx.mean()) if len(y_ctx) else (0.0, 0.0)
+    Xc = X_ctx - x_mean
+    lam, V = np.linalg.eigh(Xc.T @ Xc)
+    return x_mean, y_mean, lam.clip(min=0), V, V.T @ Xc.T @ (y_ctx - y_mean)
+
+
 def log_evidence(X_ctx, y_ctx, noise_stds):
     """log p(y_ctx | X_ctx, sigma) for each sigma in ``noise_stds``, under y = b + x.w +
     sigma e with w ~ N(0, I) and a flat prior on b (up to a constant in sigma).
@@ -52,9 +61,8 @@ def log_evidence(X_ctx, y_ctx, noise_stds):
     eigenbasis of G = Xc^T Xc (determinant lemma and Woodbury).
     """
     k = len(y_ctx)
-    Xc, yc = X_ctx - X_ctx.mean(0), y_ctx - y_ctx.mean()
-    lam, V = np.linalg.eigh(Xc.T @ Xc)
-    lam, r2 = lam.clip(min=0), (V.T @ Xc.T @ yc) ** 2
+    _, y_mean, lam, _, b = _centred_eigh(X_ctx, y_ctx)
+    yc, r2 = y_ctx - y_mean, b**2
     s2 = np.asarray(noise_stds, dtype=float)[:, None] ** 2
     quad = (yc @ yc - (r2 / (s2 + lam)).sum(1)) / s2[:, 0]
     logdet = (k - 1) * np.log(s2[:, 0]) + np.log1p(lam / s2).sum(1)
@@ -90,13 +98,10 @@ def _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas):
     (means, variances) of shape (len(sigmas), n_queries): in the eigenbasis of
     G = Xc^T Xc, S = V diag(s^2 / (s^2 + lam)) V^T, so one eigh serves every sigma."""
     k = len(y_ctx)
-    x_mean, y_mean = (X_ctx.mean(0), y_ctx.mean()) if k else (0.0, 0.0)
-    Xc = X_ctx - x_mean
-    lam, V = np.linalg.eigh(Xc.T @ Xc)
-    b = V.T @ Xc.T @ (y_ctx - y_mean)
+    x_mean, y_mean, lam, V, b = _centred_eigh(X_ctx, y_ctx)
     Z = (X_q - x_mean) @ V                                   # (n_queries, d)
     s2 = np.asarray(sigmas, dtype=float)[:, None] ** 2       # (n_grid, 1)
-    inv = 1.0 / (s2 + lam.clip(min=0))                       # (n_grid, d)
+    inv = 1.0 / (s2 + lam)                                   # (n_grid, d)
     means = (inv * b) @ Z.T + y_mean
     var = s2 * (inv @ (Z**2).T) + s2 * (1 + (1 / k if k else 0))
     return means, var
