@@ -1,0 +1,65 @@
+"""90 % coverage of the denoiser's Gaussian baseline alone (no network: the untrained
+model's interval, mean +- 1.645 s), on the acceptance grid's linear tasks (noise 0.1).
+
+The baseline's variance is noise variance x (1 + leverage), the noise variance being the
+context's residual sum of squares over k - sum(leverage) degrees of freedom. The context is
+centred (standardized) first, as if an intercept had been fitted: the "centred" columns
+count that, dividing by k - 1 - sum(leverage) and adding the intercept's 1 / k to the
+leverage. Shown with the default variance cap of 10 and with 100. A diagnostic for the next training run, not a
+change to the shipped model (its network was trained on the baseline as it is).
+
+    python benchmarks/baseline_coverage.py
+"""
+
+import numpy as np
+import torch
+
+from skdiffusion.denoiser import (
+    LEVERAGE_CAPS,
+    NOISE_PRIOR,
+    _baseline_moments,
+    fit_ridge,
+    ridge_features_at,
+)
+from skdiffusion.evaluation import linear_tasks
+from skdiffusion.inference import standardize_tasks
+
+MAX_FEATURES = 10
+
+
+def coverage(d, k, centred, variance_cap, n_tasks=2000):
+    Xc, yc, Xq, yq = linear_tasks(n_tasks, k, 1, d, 0.1, seed=1000 * d + k)
+    x, y, xq, y_mean, y_scale = standardize_tasks(*(torch.tensor(a) for a in (Xc, yc, Xq)))
+    pad = (0, MAX_FEATURES - d)
+    x, xq = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(xq, pad)
+    coefs, inv, noise_var = fit_ridge(x, y, torch.ones(y.shape, dtype=torch.bool))
+    if centred:
+        lev = ((x @ inv) * x).sum(-1)
+        rss = ((y - (x @ coefs[..., :1])[..., 0]) ** 2).sum(1, keepdim=True)
+        dof = (k - 1 - lev.sum(1, keepdim=True)).clamp(min=0)
+        noise_var = (rss + NOISE_PRIOR) / (dof + NOISE_PRIOR)
+    features = ridge_features_at((coefs, inv, noise_var), xq)
+    if centred:
+        features[..., -2] += 1 / k
+    m, s2 = _baseline_moments(features, LEVERAGE_CAPS["fixed"], variance_cap)
+    err = (m * y_scale[..., 0] + y_mean[..., 0]).numpy() - yq
+    return np.mean(np.abs(err) <= 1.645 * (s2.sqrt() * y_scale[..., 0]).numpy())
+
+
+def main():
+    print("`python benchmarks/baseline_coverage.py`: 2,000 tasks x 1 query per (d, k)\n")
+    print("| d | k | as now, cap 10 | centred, cap 10 | as now, cap 100 | centred, cap 100 |")
+    print("|---|---|---|---|---|---|")
+    columns = []
+    for d in (2, 5, 10):
+        for k in sorted({1, 2, 3, d, d + 1, d + 2, d + 3, 2 * d, 20, 40}):  # acceptance.py's
+            cells = [coverage(d, k, centred, cap) for cap in (10.0, 100.0)
+                     for centred in (False, True)]
+            columns.append(cells)
+            print(f"| {d} | {k} | " + " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
+    inside = [sum(0.86 <= c <= 0.94 for c in col) for col in zip(*columns)]
+    print(f"| in [0.86, 0.94] | of {len(columns)} | " + " | ".join(map(str, inside)) + " |")
+
+
+if __name__ == "__main__":
+    main()
