@@ -34,6 +34,9 @@ def _parser():
                    help="penalty of the linear baseline's ridge fit")
     t.add_argument("--variance-cap", type=float, default=10.0,
                    help="largest variance of the linear baseline (standardized units of y)")
+    t.add_argument("--centred-dof", action="store_true",
+                   help="count the degree of freedom that centring the context uses in the "
+                        "linear baseline's noise variance (and the intercept's leverage 1/k)")
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=64, help="tasks per step")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -80,7 +83,8 @@ def main(argv=None):
                        warmup_steps=args.warmup, n_points=args.n_points,
                        max_context=args.max_context, min_features=args.min_features,
                        curriculum_steps=args.curriculum_steps, seed=args.seed),
-            ridge_penalty=args.ridge_penalty, variance_cap=args.variance_cap)
+            ridge_penalty=args.ridge_penalty, variance_cap=args.variance_cap,
+            centred_dof=args.centred_dof)
     callback = None
     if args.curve:
         from .diffusion import NoiseSchedule

@@ -89,12 +89,15 @@ def evidence_penalty(gram, rhs, yy, k, n_iter=30):
     return lam[..., None]
 
 
-def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
+def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed", centred=False):
     """Ridge fits to the context rows of each task: (coefficients (B, F, L), inverse of
-    the first regularized Gram matrix (B, F, F), residual variance (B, 1)).
+    the first regularized Gram matrix (B, F, F), residual variance (B, 1), leverage every
+    point gains from the intercept (B, 1)).
 
     The first penalty is ``lambdas[0] * k + RIDGE_FLOOR`` (``penalty="fixed"``) or the
-    evidence-maximizing one (``"evidence"``); the others are always fixed."""
+    evidence-maximizing one (``"evidence"``); the others are always fixed. ``centred``
+    counts the intercept that centring the context fitted: one residual degree of freedom
+    fewer and leverage 1 / k more; without it (the shipped model's baseline) both are 0."""
     w = is_context.to(x.dtype)[..., None]
     k = w.sum(dim=1, keepdim=True).clamp(min=1)                      # (B, 1, 1)
     gram = (x * w).transpose(1, 2) @ x                                # (B, F, F)
@@ -107,8 +110,8 @@ def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
     inv = torch.linalg.inv_ex(gram + pens[0] * eye)[0]
     lev = ((x @ inv) * x).sum(-1).clamp(min=0)
     resid = ((y - (x @ coefs[..., :1])[..., 0]) ** 2 * w[..., 0]).sum(1, keepdim=True)
-    dof = (k[..., 0] - (lev * w[..., 0]).sum(1, keepdim=True)).clamp(min=0)
-    return coefs, inv, _noise_variance(resid, dof)
+    dof = (k[..., 0] - int(centred) - (lev * w[..., 0]).sum(1, keepdim=True)).clamp(min=0)
+    return coefs, inv, _noise_variance(resid, dof), float(centred) / k[..., 0]
 
 
 def ridge_features_at(fit, x):
@@ -116,14 +119,14 @@ def ridge_features_at(fit, x):
     lambda, and the context's residual variance (shrunk towards 1, the variance of
     standardized y, by 0.01 pseudo-observations so that a context that fits exactly is
     not taken as noise-free). Zero predictions with no context."""
-    coefs, inv, noise_var = fit
-    lev = ((x @ inv) * x).sum(-1).clamp(min=0)
+    coefs, inv, noise_var, intercept_lev = fit
+    lev = ((x @ inv) * x).sum(-1).clamp(min=0) + intercept_lev
     return torch.cat([x @ coefs, lev[..., None], noise_var.expand_as(lev)[..., None]], -1)
 
 
-def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed"):
+def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed", centred=False):
     """:func:`ridge_features_at` every token, fitted on the context tokens."""
-    return ridge_features_at(fit_ridge(x, y, is_context, lambdas, penalty), x)
+    return ridge_features_at(fit_ridge(x, y, is_context, lambdas, penalty, centred), x)
 
 
 def _baseline_moments(features, cap, var_cap):
@@ -174,17 +177,18 @@ def mlp(d_in, d_hidden, d_out):
 class SetDenoiser(nn.Module):
     """Predicts eps, v or y0 for every target token of a batch of tasks.
 
-    Parameters mirror ``GPT2Config``; ``max_features`` fixes the width of x.
+    Parameters mirror ``GPT2Config``; ``max_features`` fixes the width of x;
+    ``ridge_penalty``, ``variance_cap`` and ``centred_dof`` shape the linear baseline.
     """
 
     def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, linear_baseline=True,
                  abar=None, prediction_type="v", residual_scaling=True, ridge_penalty="fixed",
-                 variance_cap=VARIANCE_CAP):
+                 variance_cap=VARIANCE_CAP, centred_dof=False):
         super().__init__()
         if ridge_penalty not in PENALTIES:
             raise ValueError(f"ridge_penalty must be one of {PENALTIES}, got {ridge_penalty!r}")
         self.ridge_penalty, self.leverage_cap = ridge_penalty, LEVERAGE_CAPS[ridge_penalty]
-        self.variance_cap = float(variance_cap)
+        self.variance_cap, self.centred_dof = float(variance_cap), bool(centred_dof)
         self.residual_scaling = residual_scaling
         self.max_features, self.n_embd = max_features, n_embd
         self.linear_baseline, self.prediction_type = linear_baseline, prediction_type
@@ -235,7 +239,8 @@ class SetDenoiser(nn.Module):
         With ``return_scale`` also returns the per-token scale the loss divides by."""
         if x.shape[-1] != self.max_features:
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
-        feats = (ridge_features(x, y, is_context, penalty=self.ridge_penalty)
+        feats = (ridge_features(x, y, is_context, penalty=self.ridge_penalty,
+                                centred=self.centred_dof)
                  if self.linear_baseline else None)
         h = self._embed(x, y, is_context, t, feats)
         position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
@@ -259,7 +264,8 @@ class SetDenoiser(nn.Module):
         """Cache for :meth:`forward_targets`: per-layer context keys/values and ridge fit."""
         B, k = y_ctx.shape
         is_ctx = torch.ones((B, k), dtype=torch.bool, device=x_ctx.device)
-        fit = (fit_ridge(x_ctx, y_ctx, is_ctx, penalty=self.ridge_penalty)
+        fit = (fit_ridge(x_ctx, y_ctx, is_ctx, penalty=self.ridge_penalty,
+                         centred=self.centred_dof)
                if self.linear_baseline else None)
         feats = ridge_features_at(fit, x_ctx) if self.linear_baseline else None
         t = torch.zeros((B, k), dtype=torch.long, device=x_ctx.device)

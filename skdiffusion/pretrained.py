@@ -25,11 +25,11 @@ _MEMORY = {}
 
 def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_head=4,
               timesteps=100, schedule="cosine", prediction_type="v", linear_baseline=True,
-              train=None, ridge_penalty="fixed", variance_cap=VARIANCE_CAP):
+              train=None, ridge_penalty="fixed", variance_cap=VARIANCE_CAP, centred_dof=False):
     """Canonical, JSON-able configuration of a meta-trained denoiser.
 
-    ``variance_cap`` is stored only when it differs from the default, so configurations
-    (and cache keys) from before it existed stay valid."""
+    ``variance_cap`` and ``centred_dof`` are stored only when they differ from their
+    defaults, so configurations (and cache keys) from before they existed stay valid."""
     cfg = TrainConfig(**(train or {}))
     spec = {"prior": prior, "max_features": int(max_features), "n_layer": int(n_layer),
             "n_embd": int(n_embd), "n_head": int(n_head), "timesteps": int(timesteps),
@@ -39,6 +39,8 @@ def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_he
             "train": cfg.to_dict()}
     if variance_cap != VARIANCE_CAP:
         spec["variance_cap"] = float(variance_cap)
+    if centred_dof:
+        spec["centred_dof"] = True
     return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
 
 
@@ -56,7 +58,8 @@ def build(spec):
                             spec["linear_baseline"], schedule.abar, spec["prediction_type"],
                             spec.get("residual_scaling", False),
                             spec.get("ridge_penalty", "fixed"),
-                            spec.get("variance_cap", VARIANCE_CAP))
+                            spec.get("variance_cap", VARIANCE_CAP),
+                            spec.get("centred_dof", False))
     return model.eval(), schedule
 
 

@@ -11,13 +11,14 @@ F, K, M = 6, 7, 5
 ABAR = NoiseSchedule(100).abar
 
 
-@pytest.fixture(scope="module", params=["fixed", "evidence", None],
-                ids=["baseline_fixed", "baseline_evidence", "pure"])
+@pytest.fixture(scope="module", params=["fixed", "evidence", "centred", None],
+                ids=["baseline_fixed", "baseline_evidence", "baseline_centred", "pure"])
 def model(request):
     torch.manual_seed(0)
+    penalty = {"centred": "fixed", None: "fixed"}.get(request.param, request.param)
     m = SetDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2,
                     linear_baseline=request.param is not None, abar=ABAR,
-                    ridge_penalty=request.param or "fixed").eval()
+                    ridge_penalty=penalty, centred_dof=request.param == "centred").eval()
     torch.nn.init.normal_(m.read_out.weight)  # make the transformer's part count
     return m
 
@@ -123,11 +124,37 @@ def test_evidence_penalty_matches_bayesian_ridge():
                      dtype=torch.float64)
     y = (x[..., :3] @ w[..., None])[..., 0] + torch.tensor([0.1, 1.0, 0.5, 2.0])[:, None] * \
         torch.randn(4, 60, generator=g, dtype=torch.float64)
-    coefs, _, noise_var = fit_ridge(x, y, torch.ones(4, 60, dtype=torch.bool), penalty="evidence")
+    coefs, _, noise_var, _ = fit_ridge(x, y, torch.ones(4, 60, dtype=torch.bool),
+                                       penalty="evidence")
     for i in range(4):
         br = BayesianRidge(fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x[i, :, :3], y[i])
         torch.testing.assert_close(coefs[i, :3, 0], torch.tensor(br.coef_), rtol=1e-2, atol=1e-3)
         assert noise_var[i, 0].item() == pytest.approx(1 / br.alpha_, rel=0.02)
+
+
+def test_centred_baseline_is_least_squares_with_an_intercept():
+    """On a centred context with a negligible penalty, the ``centred`` baseline is least
+    squares with an intercept: noise variance RSS / (k - 1 - d) and variance factor
+    1 + z^T (Z^T Z)^-1 z at a query z = (1, x). Uncentred (the shipped models' baseline),
+    one degree of freedom and the intercept's leverage 1 / k are missing."""
+    from skdiffusion.denoiser import fit_ridge, ridge_features_at
+    g = torch.Generator().manual_seed(11)
+    k, d = 12, 3
+    X = torch.randn(k + 1, d, generator=g, dtype=torch.float64)
+    y = 2.0 + X @ torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64) + \
+        torch.randn(k + 1, generator=g, dtype=torch.float64)
+    Z = torch.cat([torch.ones(k + 1, 1, dtype=torch.float64), X], 1)
+    beta = torch.linalg.lstsq(Z[:k], y[:k, None]).solution[:, 0]
+    rss = ((y[:k] - Z[:k] @ beta) ** 2).sum()
+    factor = 1 + Z[k] @ torch.linalg.inv(Z[:k].T @ Z[:k]) @ Z[k]
+    xc, yc = pad_features(X - X[:k].mean(0), F)[None], (y - y[:k].mean())[None]
+    ctx = (torch.arange(k + 1) < k)[None]
+    for centred, dof, lev_extra in ((True, k - 1 - d, 0.0), (False, k - d, -1 / k)):
+        fit = fit_ridge(xc, yc, ctx, lambdas=(0.0,), centred=centred)
+        mean, lev, noise_var = ridge_features_at(fit, xc[:, k:])[0, 0]
+        assert mean.item() + y[:k].mean().item() == pytest.approx((Z[k] @ beta).item(), abs=1e-2)
+        assert noise_var.item() == pytest.approx(rss.item() / dof, rel=5e-3)
+        assert 1 + lev.item() == pytest.approx(factor.item() + lev_extra, rel=5e-3)
 
 
 def test_evidence_penalty_without_context_is_the_prior():

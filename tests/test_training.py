@@ -88,6 +88,12 @@ def test_variance_cap_is_part_of_the_configuration_only_when_not_default():
     assert build(make_spec(**SMALL))[0].variance_cap == 10.0
 
 
+def test_centred_dof_is_part_of_the_configuration_only_when_set():
+    assert "centred_dof" not in make_spec(**SMALL) and not build(make_spec(**SMALL))[0].centred_dof
+    s = make_spec(centred_dof=True, **SMALL)
+    assert s["centred_dof"] is True and build(s)[0].centred_dof
+
+
 def test_model_files_round_trip_and_reject_damage(tmp_path):
     s = spec()
     model, _ = build(s)
@@ -114,12 +120,12 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
            "-m", "skdiffusion", "pretrain", "--out", str(out), "--max-features", "3",
            "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--timesteps", "20",
            "--steps", "4", "--batch-size", "4", "--n-points", "10", "--warmup", "2",
-           "--variance-cap", "50", "--checkpoint-every", "2"]
+           "--variance-cap", "50", "--centred-dof", "--checkpoint-every", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     stored = json.load(open(out / "config.json"))
     assert stored["summary"]["rank_weight_divergence"] == 0.0
-    assert stored["config"]["variance_cap"] == 50.0
+    assert stored["config"]["variance_cap"] == 50.0 and stored["config"]["centred_dof"] is True
     first = weights(load(str(out))[0])
     # more steps from the same directory resume from the 4-step checkpoint
     cmd[cmd.index("--steps") + 1] = "6"
