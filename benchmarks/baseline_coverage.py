@@ -4,9 +4,10 @@ model's interval, mean +- 1.645 s), on the acceptance grid's linear tasks (noise
 The baseline's variance is noise variance x (1 + leverage), the noise variance being the
 context's residual sum of squares over k - sum(leverage) degrees of freedom. The context is
 centred (standardized) first, as if an intercept had been fitted: the "centred" columns
-count that, dividing by k - 1 - sum(leverage) and adding the intercept's 1 / k to the
-leverage. Shown with the default variance cap of 10 and with 100. A diagnostic for the next training run, not a
-change to the shipped model (its network was trained on the baseline as it is).
+count that (``fit_ridge(..., centred=True)``, the configuration field ``centred_dof``),
+dividing by k - 1 - sum(leverage) and adding the intercept's 1 / k to the leverage. Shown
+with the default variance cap of 10 and with 100. The shipped model's baseline is the
+first column (its network was trained on it).
 
     python benchmarks/baseline_coverage.py
 """
@@ -14,13 +15,7 @@ change to the shipped model (its network was trained on the baseline as it is).
 import numpy as np
 import torch
 
-from skdiffusion.denoiser import (
-    LEVERAGE_CAPS,
-    NOISE_PRIOR,
-    _baseline_moments,
-    fit_ridge,
-    ridge_features_at,
-)
+from skdiffusion.denoiser import LEVERAGE_CAPS, _baseline_moments, fit_ridge, ridge_features_at
 from skdiffusion.evaluation import linear_tasks
 from skdiffusion.inference import standardize_tasks
 
@@ -32,15 +27,8 @@ def coverage(d, k, centred, variance_cap, n_tasks=2000):
     x, y, xq, y_mean, y_scale = standardize_tasks(*(torch.tensor(a) for a in (Xc, yc, Xq)))
     pad = (0, MAX_FEATURES - d)
     x, xq = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(xq, pad)
-    coefs, inv, noise_var = fit_ridge(x, y, torch.ones(y.shape, dtype=torch.bool))
-    if centred:
-        lev = ((x @ inv) * x).sum(-1)
-        rss = ((y - (x @ coefs[..., :1])[..., 0]) ** 2).sum(1, keepdim=True)
-        dof = (k - 1 - lev.sum(1, keepdim=True)).clamp(min=0)
-        noise_var = (rss + NOISE_PRIOR) / (dof + NOISE_PRIOR)
-    features = ridge_features_at((coefs, inv, noise_var), xq)
-    if centred:
-        features[..., -2] += 1 / k
+    fit = fit_ridge(x, y, torch.ones(y.shape, dtype=torch.bool), centred=centred)
+    features = ridge_features_at(fit, xq)
     m, s2 = _baseline_moments(features, LEVERAGE_CAPS["fixed"], variance_cap)
     err = (m * y_scale[..., 0] + y_mean[..., 0]).numpy() - yq
     return np.mean(np.abs(err) <= 1.645 * (s2.sqrt() * y_scale[..., 0]).numpy())

@@ -10,6 +10,7 @@ a from-scratch configuration. Snapshots of the weights go to OUT/snapshots/STEP 
 ``benchmarks/learning_curve.py``.
 
     python scripts/finetune_variance_cap.py --out runs/ft100 --cap 100 --steps 480
+    python scripts/finetune_variance_cap.py --out runs/ft100c --cap 100 --centred-dof --steps 480
     python benchmarks/acceptance.py --model runs/ft100 --out /tmp/acceptance_ft100.md
 """
 
@@ -30,6 +31,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (resumes from it)")
     p.add_argument("--cap", type=float, default=100.0, help="new baseline variance cap")
+    p.add_argument("--centred-dof", action="store_true",
+                   help="also count the centring's degree of freedom in the baseline")
     p.add_argument("--steps", type=int, default=480, help="fine-tuning steps")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=25, help="warm-up steps")
@@ -41,10 +44,11 @@ def main():
     parent = DiffusionICLRegressor().model_spec()
     model, schedule = get_denoiser(parent)
     model = copy.deepcopy(model)
-    model.variance_cap = args.cap
+    model.variance_cap, model.centred_dof = args.cap, args.centred_dof
     tune = dict(n_steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup,
                 seed=args.seed)
-    spec = {**parent, "variance_cap": args.cap,
+    centred = {"centred_dof": True} if args.centred_dof else {}
+    spec = {**parent, "variance_cap": args.cap, **centred,
             "train": {**parent["train"], "extra": {"finetune_of": spec_key(parent), **tune}}}
     def snapshot(step, model):
         if step % args.snapshot_every == 0 and step < args.steps:
