@@ -116,9 +116,10 @@ def fit_ridge(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed", centred=
 
 def ridge_features_at(fit, x):
     """(B, N, L + 2): each ridge prediction at x, the leverage of x under the first
-    lambda, and the context's residual variance (shrunk towards 1, the variance of
-    standardized y, by 0.01 pseudo-observations so that a context that fits exactly is
-    not taken as noise-free). Zero predictions with no context."""
+    lambda (plus the intercept's, see :func:`fit_ridge`), and the context's residual
+    variance (shrunk towards 1, the variance of standardized y, by 0.01 pseudo-observations
+    so that a context that fits exactly is not taken as noise-free). Zero predictions with
+    no context."""
     coefs, inv, noise_var, intercept_lev = fit
     lev = ((x @ inv) * x).sum(-1).clamp(min=0) + intercept_lev
     return torch.cat([x @ coefs, lev[..., None], noise_var.expand_as(lev)[..., None]], -1)

@@ -15,7 +15,7 @@ ABAR = NoiseSchedule(100).abar
                 ids=["baseline_fixed", "baseline_evidence", "baseline_centred", "pure"])
 def model(request):
     torch.manual_seed(0)
-    penalty = {"centred": "fixed", None: "fixed"}.get(request.param, request.param)
+    penalty = request.param if request.param in ("fixed", "evidence") else "fixed"
     m = SetDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2,
                     linear_baseline=request.param is not None, abar=ABAR,
                     ridge_penalty=penalty, centred_dof=request.param == "centred").eval()
