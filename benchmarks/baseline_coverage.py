@@ -15,7 +15,13 @@ first column (its network was trained on it).
 import numpy as np
 import torch
 
-from skdiffusion.denoiser import LEVERAGE_CAPS, _baseline_moments, fit_ridge, ridge_features_at
+from skdiffusion.denoiser import (
+    LEVERAGE_CAPS,
+    _baseline_moments,
+    fit_ridge,
+    pad_features,
+    ridge_features_at,
+)
 from skdiffusion.evaluation import linear_tasks
 from skdiffusion.inference import standardize_tasks
 
@@ -25,8 +31,7 @@ MAX_FEATURES = 10
 def coverage(d, k, centred, variance_cap, n_tasks=2000):
     Xc, yc, Xq, yq = linear_tasks(n_tasks, k, 1, d, 0.1, seed=1000 * d + k)
     x, y, xq, y_mean, y_scale = standardize_tasks(*(torch.tensor(a) for a in (Xc, yc, Xq)))
-    pad = (0, MAX_FEATURES - d)
-    x, xq = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(xq, pad)
+    x, xq = pad_features(x, MAX_FEATURES), pad_features(xq, MAX_FEATURES)
     fit = fit_ridge(x, y, torch.ones(y.shape, dtype=torch.bool), centred=centred)
     features = ridge_features_at(fit, xq)
     m, s2 = _baseline_moments(features, LEVERAGE_CAPS["fixed"], variance_cap)
