@@ -77,6 +77,10 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         Largest variance (standardized units of y) of the in-context linear baseline
         that the denoiser corrects. Queries far from a small context can have a larger
         predictive variance than the cap allows (``benchmarks/results/acceptance.md``).
+    centred_dof : bool, default=False
+        Give the linear baseline the degree of freedom and the leverage (1 / k) of the
+        intercept that standardizing the context has already fitted. Off in the shipped
+        model; on, it selects a separately trained denoiser.
     sampler : {"ddpm", "ddim"}, default="ddpm"
         Reverse chain: ancestral DDPM (calibrated) or DDIM (deterministic for
         ``eta=0``; under-disperses with few steps, see the benchmarks).
@@ -145,6 +149,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "variance_cap": [Interval(Real, 0, None, closed="neither")],
+        "centred_dof": ["boolean"],
         "sampler": [StrOptions({"ddpm", "ddim"})],
         "n_sampling_steps": [Interval(Integral, 1, None, closed="left")],
         "eta": [Interval(Real, 0, 1, closed="both")],
@@ -158,8 +163,8 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     def __init__(self, *, prior=("noisy_linear", {"noise_range": (0.01, 5.0)}), max_features=10,
                  max_context=128, n_layer=4, n_embd=96, n_head=4, timesteps=50,
                  schedule="cosine", prediction_type="v", n_train_steps=5500, batch_size=512,
-                 learning_rate=1e-3, variance_cap=VARIANCE_CAP, sampler="ddpm",
-                 n_sampling_steps=20, eta=0.0, n_samples=24, antithetic=True,
+                 learning_rate=1e-3, variance_cap=VARIANCE_CAP, centred_dof=False,
+                 sampler="ddpm", n_sampling_steps=20, eta=0.0, n_samples=24, antithetic=True,
                  device="auto", random_state=None, verbose=0):
         self.prior = prior
         self.max_features = max_features
@@ -174,6 +179,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.variance_cap = variance_cap
+        self.centred_dof = centred_dof
         self.sampler = sampler
         self.n_sampling_steps = n_sampling_steps
         self.eta = eta
@@ -209,7 +215,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
                      n_points=self.max_context + 16, max_context=self.max_context)
         return make_spec(self.prior, self.max_features, self.n_layer, self.n_embd, self.n_head,
                          self.timesteps, self.schedule, self.prediction_type, train=train,
-                         variance_cap=self.variance_cap)
+                         variance_cap=self.variance_cap, centred_dof=self.centred_dof)
 
     def _check_n_features(self, n_features):
         if n_features > self.max_features:

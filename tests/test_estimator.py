@@ -9,8 +9,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skdiffusion import DiffusionICLRegressor
-from skdiffusion import pretrained
+from skdiffusion import DiffusionICLRegressor, pretrained
 
 
 def linear_data(n=80, d=3, noise=0.1, seed=0, scale=1.0, offset=0.0):
@@ -196,15 +195,19 @@ def test_model_spec_validates_before_anything_is_built():
         DiffusionICLRegressor(timesteps=5).model_spec()
 
 
-def test_variance_cap_reaches_the_denoiser(monkeypatch):
-    """The cap is part of the configuration (and so of the cache key) and of the model."""
+@pytest.mark.parametrize("param, value", [("variance_cap", 50.0), ("centred_dof", True)])
+def test_baseline_settings_reach_the_denoiser(monkeypatch, param, value):
+    """Each linear-baseline setting is part of the configuration (and so of the cache key)
+    and of the model; at its default it stays out of the configuration, so the shipped
+    model's key is unchanged."""
     monkeypatch.setattr(pretrained, "pretrain", lambda spec, *a, **k: pretrained.build(spec))
     X, y = linear_data(n=20, d=2)
-    capped = DiffusionICLRegressor(variance_cap=50.0, n_samples=2).fit(X, y)
-    assert capped.model_spec_["variance_cap"] == 50.0 and capped.denoiser_.variance_cap == 50.0
+    changed = DiffusionICLRegressor(n_samples=2, **{param: value}).fit(X, y)
+    assert changed.model_spec_[param] == value and getattr(changed.denoiser_, param) == value
     default = DiffusionICLRegressor().fit(X, y)
-    assert "variance_cap" not in default.model_spec_ and default.denoiser_.variance_cap == 10.0
-    assert pretrained.spec_key(capped.model_spec_) != pretrained.spec_key(default.model_spec_)
+    assert param not in default.model_spec_
+    assert getattr(default.denoiser_, param) == DiffusionICLRegressor().get_params()[param]
+    assert pretrained.spec_key(changed.model_spec_) != pretrained.spec_key(default.model_spec_)
 
 
 def test_antithetic_sampling_cuts_monte_carlo_error(tiny):
