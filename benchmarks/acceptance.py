@@ -100,7 +100,7 @@ def main():
         model, schedule = get_denoiser(spec)
     reg = DiffusionICLRegressor()  # its sampling settings
     n_samples = args.samples or reg.n_samples
-    sampler_kw = {**reg._sampler_kwargs(schedule.timesteps),
+    sampler_kw = {**reg.sampler_settings(schedule.timesteps),
                   "prediction_type": spec["prediction_type"]}
     noise_range = getattr(make_prior(spec["prior"]), "noise_range", None)
     t0 = time.time()

@@ -299,7 +299,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         per = -(-n_samples // len(subsets))
         device, model = self._model()
         schedule = NoiseSchedule(self.model_spec_["timesteps"], self.model_spec_["schedule"])
-        kw = self._sampler_kwargs(schedule.timesteps)
+        kw = self.sampler_settings(schedule.timesteps)
         draws = n_noise_draws(schedule, kw["n_steps"])
         as_t = lambda a: torch.as_tensor(a, device=device)[None]  # noqa: E731 (batch of 1)
         pooled = []
@@ -313,10 +313,26 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         samples = np.stack(pooled, axis=2).reshape(len(x_q), -1)[:, :n_samples]
         return samples, y_scaler
 
-    def _sampler_kwargs(self, timesteps):
-        """Reverse-chain settings as keywords of :func:`~skdiffusion.inference.sample_raw_tasks`
-        (the benchmarks sample as the estimator does): ``n_sampling_steps`` capped at the
-        model's ``timesteps``."""
+    def sampler_settings(self, timesteps=None):
+        """The reverse-chain settings ``predict`` and ``sample`` use, as keywords of
+        :func:`~skdiffusion.inference.sample_raw_tasks` (to sample many tasks in batches
+        exactly as the estimator does, e.g. in the benchmarks).
+
+        Parameters
+        ----------
+        timesteps : int, default=None
+            Diffusion steps of the model to be sampled; ``n_sampling_steps`` is capped at
+            it. ``None`` uses the fitted model's, or the ``timesteps`` parameter before
+            ``fit``.
+
+        Returns
+        -------
+        settings : dict
+            ``sampler``, ``n_steps``, ``eta`` and ``antithetic``.
+        """
+        if timesteps is None:
+            spec = getattr(self, "model_spec_", None) or self.model_spec()
+            timesteps = spec["timesteps"]
         return dict(sampler=self.sampler, n_steps=min(self.n_sampling_steps, timesteps),
                     eta=self.eta, antithetic=self.antithetic)
 

@@ -210,6 +210,15 @@ def test_baseline_settings_reach_the_denoiser(monkeypatch, param, value):
     assert pretrained.spec_key(changed.model_spec_) != pretrained.spec_key(default.model_spec_)
 
 
+def test_sampler_settings_cap_steps_at_the_models_timesteps(fitted):
+    reg, _, _ = fitted  # TINY: DDIM, 5 sampling steps of a 20-step model
+    assert reg.sampler_settings() == dict(sampler="ddim", n_steps=5, eta=0.0, antithetic=True)
+    reg.set_params(n_sampling_steps=80, timesteps=30)
+    assert reg.sampler_settings()["n_steps"] == 20  # the fitted model's timesteps
+    assert clone(reg).sampler_settings()["n_steps"] == 30  # before fit: the parameter's
+    assert reg.sampler_settings(timesteps=100)["n_steps"] == 80
+
+
 def test_antithetic_sampling_cuts_monte_carlo_error(tiny):
     """Antithetic noise pairs cancel the part of each sample that is linear in the noise,
     so predictions vary much less across random states than with independent noise."""

@@ -22,7 +22,7 @@ class BenchModel:
         self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
         # independent samples (not the estimator's antithetic pairs): the Monte Carlo
         # correction of the error curves and the fair CRPS estimator assume them
-        self.sampler_kw = {**reg._sampler_kwargs(self.schedule.timesteps), "antithetic": False,
+        self.sampler_kw = {**reg.sampler_settings(self.schedule.timesteps), "antithetic": False,
                            "prediction_type": reg.prediction_type}
 
     def sample(self, tasks, n_samples, seed, batch=1000, **sampler_kw):
