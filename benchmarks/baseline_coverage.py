@@ -17,7 +17,7 @@ import torch
 
 from skdiffusion.denoiser import (
     LEVERAGE_CAPS,
-    _baseline_moments,
+    baseline_moments,
     fit_ridge,
     pad_features,
     ridge_features_at,
@@ -34,7 +34,7 @@ def coverage(d, k, centred, variance_cap, n_tasks=2000):
     x, xq = pad_features(x, MAX_FEATURES), pad_features(xq, MAX_FEATURES)
     fit = fit_ridge(x, y, torch.ones(y.shape, dtype=torch.bool), centred=centred)
     features = ridge_features_at(fit, xq)
-    m, s2 = _baseline_moments(features, LEVERAGE_CAPS["fixed"], variance_cap)
+    m, s2 = baseline_moments(features, LEVERAGE_CAPS["fixed"], variance_cap)
     err = (m * y_scale[..., 0] + y_mean[..., 0]).numpy() - yq
     return np.mean(np.abs(err) <= 1.645 * (s2.sqrt() * y_scale[..., 0]).numpy())
 

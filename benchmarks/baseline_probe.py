@@ -20,7 +20,7 @@ from skdiffusion.denoiser import (
     LEVERAGE_CAPS,
     RIDGE_FLOOR,
     RIDGE_LAMBDAS,
-    _baseline_moments,
+    baseline_moments,
     ridge_features,
 )
 from skdiffusion.inference import standardize_tasks
@@ -68,7 +68,7 @@ def main():
                 xa, ya = torch.cat([x, xq], 1), torch.cat([y, torch.zeros(len(y), 1, dtype=y.dtype)], 1)
                 is_ctx = torch.zeros(ya.shape, dtype=torch.bool)
                 is_ctx[:, :k] = True
-                base = [(_baseline_moments(ridge_features(xa, ya, is_ctx, penalty=p),
+                base = [(baseline_moments(ridge_features(xa, ya, is_ctx, penalty=p),
                                            LEVERAGE_CAPS[p], 10.0)[0][:, -1] * ys + ym).numpy()
                         for p in LEVERAGE_CAPS]
                 loo = (loo_ridge(x, y, xq) * ys + ym).numpy()

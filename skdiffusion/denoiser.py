@@ -130,7 +130,10 @@ def ridge_features(x, y, is_context, lambdas=RIDGE_LAMBDAS, penalty="fixed", cen
     return ridge_features_at(fit_ridge(x, y, is_context, lambdas, penalty, centred), x)
 
 
-def _baseline_moments(features, cap, var_cap):
+def baseline_moments(features, cap, var_cap):
+    """Mean and variance of the Gaussian baseline at each token, from its ridge features:
+    the first ridge's prediction shrunk beyond leverage ``cap``, and the residual variance
+    times (1 + leverage) clamped to [VARIANCE_FLOOR, ``var_cap``]."""
     m, lev, noise_var = features[..., 0], features[..., -2], features[..., -1]
     m = m / (lev / cap).clamp(min=1)  # shrink far extrapolations to the mean
     return m, (noise_var * (1 + lev)).clamp(VARIANCE_FLOOR, var_cap)
@@ -140,7 +143,7 @@ def residual_scale(features, abar_t, prediction_type, cap, var_cap):
     """Standard deviation of (true target - Gaussian baseline) if the baseline's Gaussian
     were exact: s_post / b for v, s_post for y0 and s_post * a / b for eps, where
     s_post^2 = s^2 b^2 / (a^2 s^2 + b^2) is the posterior variance of y0 given y_t."""
-    _, s2 = _baseline_moments(features, cap, var_cap)
+    _, s2 = baseline_moments(features, cap, var_cap)
     a2, b2 = abar_t, 1 - abar_t
     base = (s2 / (a2 * s2 + b2)).sqrt()
     scale = {"v": base, "sample": base * b2.sqrt(), "epsilon": base * a2.sqrt()}[prediction_type]
@@ -148,12 +151,11 @@ def residual_scale(features, abar_t, prediction_type, cap, var_cap):
 
 
 def gaussian_baseline(features, abar_t, y_t, prediction_type, cap, var_cap):
-    """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md).
-
-    m is the first ridge's prediction, divided by leverage / ``cap`` where that exceeds 1
-    (far extrapolation, typical of 1-3 point contexts after per-feature standardization);
-    s^2 = noise variance * (1 + leverage)."""
-    m, s2 = _baseline_moments(features, cap, var_cap)
+    """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md), with
+    m and s^2 from :func:`baseline_moments`. Shrinking m where leverage exceeds ``cap``
+    tames far extrapolation, typical of 1-3 point contexts after per-feature
+    standardization."""
+    m, s2 = baseline_moments(features, cap, var_cap)
     a, b2 = abar_t.sqrt(), 1 - abar_t
     gain = (y_t - a * m) / (abar_t * s2 + b2)
     eps, y0 = b2.sqrt() * gain, m + a * s2 * gain
