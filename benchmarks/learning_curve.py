@@ -26,7 +26,8 @@ def ks_for(d):
 def directories(run):
     snaps = os.path.join(run, "snapshots")
     steps = sorted(int(s) for s in os.listdir(snaps)) if os.path.isdir(snaps) else []
-    return [(os.path.join(snaps, str(s)), s) for s in steps] + [(run, None)]
+    finished = os.path.exists(os.path.join(run, "config.json"))  # else still training
+    return [(os.path.join(snaps, str(s)), s) for s in steps] + [(run, None)] * finished
 
 
 def main():
