@@ -93,6 +93,17 @@ def noise_marginal_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
     return mean, np.sqrt(np.maximum(w @ (v + m**2) - mean**2, 0))
 
 
+def noise_marginal_samples(X_ctx, y_ctx, X_q, noise_range, n_samples, rng, n_grid=200):
+    """(n_samples, n_queries) independent draws from :func:`noise_marginal_predictive`'s
+    distribution (a mixture of Gaussians over the noise grid; one noise cell per draw,
+    shared by the queries), e.g. to score a perfect model's intervals the way sampled
+    predictions are scored. ``rng`` is a numpy ``Generator``."""
+    sigmas, w = noise_posterior(X_ctx, y_ctx, noise_range, n_grid)
+    m, v = _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas)
+    cell = rng.choice(len(sigmas), size=n_samples, p=w)
+    return m[cell] + np.sqrt(v[cell]) * rng.standard_normal((n_samples, len(X_q)))
+
+
 def _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas):
     """``bayes_predictive(..., s, intercept=True)`` for every s in ``sigmas`` at once, as
     (means, variances) of shape (len(sigmas), n_queries): in the eigenbasis of

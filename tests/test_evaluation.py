@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from skdiffusion.evaluation import (bayes_predictive, coverage, least_squares, linear_tasks,
-                                    log_evidence, noise_marginal_predictive, noise_posterior)
+                                    log_evidence, noise_marginal_predictive,
+                                    noise_marginal_samples, noise_posterior)
 
 
 def test_bayes_predictive_is_calibrated_and_beats_least_squares():
@@ -89,6 +90,32 @@ def test_noise_marginal_predictive_is_the_mixture_of_bayes_predictives():
         mean, std = noise_marginal_predictive(Xc[0, :k], yc[0, :k], Xq[0], (0.05, 3.0), n_grid=7)
         np.testing.assert_allclose(mean, w @ m, rtol=1e-10)
         np.testing.assert_allclose(std**2, w @ (v + m**2) - (w @ m) ** 2, rtol=1e-8)
+
+
+def test_noise_marginal_samples_follow_the_mixture():
+    """Draws have the mixture's CDF at each query (3 points, 1 feature, so one residual
+    degree of freedom: kurtosis about 80, far from Gaussian) and, sharing one noise
+    cell, its dependence across queries."""
+    Xc, yc, Xq, _ = linear_tasks(1, 3, 2, 1, 0.1, seed=4)
+    sigmas, w = noise_posterior(Xc[0], yc[0], (0.01, 5.0))
+    parts = [bayes_predictive(Xc[0], yc[0], Xq[0], s, intercept=True) for s in sigmas]
+    m, sd = np.array([p[0] for p in parts]), np.array([p[1] for p in parts])  # (grid, 2)
+    draws = noise_marginal_samples(Xc[0], yc[0], Xq[0], (0.01, 5.0), 100_000,
+                                   np.random.default_rng(0))
+    for q in range(2):
+        for y in np.quantile(draws[:, q], (0.05, 0.25, 0.5, 0.75, 0.95)):
+            cdf = w @ [NormalDist(mi, si).cdf(y) for mi, si in zip(m[:, q], sd[:, q])]
+            assert abs(np.mean(draws[:, q] <= y) - cdf) < 0.006  # sd of a fraction <= 0.0016
+    # both queries far out (|y - median| above its median): the mixture's joint
+    # probability, not the product of its marginals, since a draw's noise cell is shared
+    med = np.median(draws, axis=0)
+    c = np.median(np.abs(draws - med), axis=0)
+    far = np.array([[1 - NormalDist(mi, si).cdf(mq + cq) + NormalDist(mi, si).cdf(mq - cq)
+                     for mi, si in zip(m[:, q], sd[:, q])]
+                    for q, (mq, cq) in enumerate(zip(med, c))])                  # (2, grid)
+    joint, product = w @ (far[0] * far[1]), (w @ far[0]) * (w @ far[1])
+    assert joint - product > 0.05
+    assert abs(np.mean((np.abs(draws - med) > c).all(axis=1)) - joint) < 0.006
 
 
 def test_noise_marginal_predictive_is_calibrated_on_its_prior():

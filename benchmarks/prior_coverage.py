@@ -1,0 +1,71 @@
+"""90 % coverage that a model trained to perfection on the default prior would reach on the
+acceptance grid's tasks, with the interval the estimator's predictions get: mean +- 1.645
+std of 24 draws, as against mean +- 1.645 of the exact std (``acceptance.md``'s column
+"prior's Bayes coverage", which the first column here reproduces). The draws are
+independent (the estimator's are antithetic pairs of the diffusion noise, which has no
+counterpart here); each cell averages 40 sets of draws.
+
+    python benchmarks/prior_coverage.py
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from acceptance import ks_for
+from skdiffusion.estimator import DiffusionICLRegressor
+from skdiffusion.evaluation import (coverage, linear_tasks, noise_marginal_predictive,
+                                    noise_marginal_samples)
+from skdiffusion.priors import make_prior
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IN_RANGE = (0.86, 0.94)
+
+
+def cell(d, k, noise_range, n_tasks, n_queries, n_samples, n_sets, rng):
+    """(exact-std coverage, mean coverage of n_samples-draw intervals) at (d, k); the tasks
+    are those of ``icl_linear_table(seed=0)``, as ``benchmarks/acceptance.py`` draws them."""
+    Xc, yc, Xq, yq = linear_tasks(n_tasks, k, n_queries, d, 0.1, seed=k)
+    exact, sampled = [], []
+    for i in range(n_tasks):
+        mean, std = noise_marginal_predictive(Xc[i], yc[i], Xq[i], noise_range)
+        exact.append(coverage(yq[i], mean, std))
+        draws = noise_marginal_samples(Xc[i], yc[i], Xq[i], noise_range, n_sets * n_samples, rng)
+        draws = draws.reshape(n_sets, n_samples, -1)
+        half = 1.645 * draws.std(1, ddof=1)
+        sampled.append(np.mean(np.abs(yq[i] - draws.mean(1)) <= half))
+    return float(np.mean(exact)), float(np.mean(sampled))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=DiffusionICLRegressor().n_samples)
+    p.add_argument("--sets", type=int, default=40, help="sets of draws averaged per cell")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "prior_coverage.md"))
+    args = p.parse_args()
+    noise_range = make_prior(DiffusionICLRegressor().model_spec()["prior"]).noise_range
+    rng, t0, rows = np.random.default_rng(0), time.time(), []
+    for d in (2, 5, 10):
+        for k in ks_for(d):
+            rows.append((d, k, *cell(d, k, noise_range, 100, 5, args.samples, args.sets, rng)))
+    inside = [sum(IN_RANGE[0] <= r[i] <= IN_RANGE[1] for r in rows) for i in (2, 3)]
+    command = " ".join(["python benchmarks/prior_coverage.py", *sys.argv[1:]])
+    lines = [f"# Coverage of the prior's Bayes answer, exact and sampled\n\n`{command}` "
+             f"({time.time() - t0:.0f} s): noise std log-uniform in {list(noise_range)}, the "
+             f"acceptance grid's tasks (noise 0.1, 100 x 5 per cell), {args.samples} "
+             f"independent draws per interval, {args.sets} sets per cell.\n",
+             f"In {list(IN_RANGE)}: {inside[0]}/{len(rows)} cells with the exact std, "
+             f"{inside[1]}/{len(rows)} with {args.samples} draws.\n",
+             f"| d | k | exact std | {args.samples} draws |", "|---|---|---|---|"]
+    lines += [f"| {d} | {k} | {e:.3f} | {s:.3f} |" for d, k, e, s in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
