@@ -14,11 +14,15 @@ import sys
 import time
 
 import numpy as np
-
 from acceptance import ks_for
+
 from skdiffusion.estimator import DiffusionICLRegressor
-from skdiffusion.evaluation import (coverage, linear_tasks, noise_marginal_predictive,
-                                    noise_marginal_samples)
+from skdiffusion.evaluation import (
+    coverage,
+    linear_tasks,
+    noise_marginal_predictive,
+    noise_marginal_samples,
+)
 from skdiffusion.priors import make_prior
 
 HERE = os.path.dirname(os.path.abspath(__file__))

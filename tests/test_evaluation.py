@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from skdiffusion.evaluation import (bayes_predictive, coverage, least_squares, linear_tasks,
-                                    log_evidence, noise_marginal_predictive,
-                                    noise_marginal_samples, noise_posterior)
+from skdiffusion.evaluation import (
+    bayes_predictive,
+    coverage,
+    least_squares,
+    linear_tasks,
+    log_evidence,
+    noise_marginal_predictive,
+    noise_marginal_samples,
+    noise_posterior,
+)
 
 
 def test_bayes_predictive_is_calibrated_and_beats_least_squares():
