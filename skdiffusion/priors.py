@@ -160,12 +160,12 @@ class TaskBatch:
 
 
 def sample_tasks(prior, batch_size, n_points, max_features, generator,
-                 min_features=1, n_features=None, max_context=None):
+                 min_features=1, n_features=None, max_context=None, min_context=0):
     """Draw standardized tasks with a per-task number of features and context size.
 
     d is uniform in [min_features, n_features or max_features]; the context size k is
-    uniform in [0, max_context or n_points - 1] and the first k points (in random order)
-    are the context.
+    uniform in [min_context, max_context or n_points - 1] and the first k points (in
+    random order) are the context.
     """
     g = generator
     d_hi = n_features or max_features
@@ -174,7 +174,7 @@ def sample_tasks(prior, batch_size, n_points, max_features, generator,
     X = X * (torch.arange(max_features)[None, None] < d[:, None, None])
     y = prior.sample_y(X, g)
     k_hi = n_points - 1 if max_context is None else min(max_context, n_points - 1)
-    k = torch.randint(0, k_hi + 1, (batch_size,), generator=g)
+    k = torch.randint(min_context, k_hi + 1, (batch_size,), generator=g)
     is_context = torch.arange(n_points)[None] < k[:, None]
     x_std = standardize(X, is_context)  # zero padding columns stay zero (scale 1)
     y_std = standardize(y[..., None], is_context)[..., 0]

@@ -46,6 +46,9 @@ def test_context_sizes_span_zero_to_n_minus_one():
     b = sample_tasks(make_prior("linear"), 2000, 10, 3, torch.Generator().manual_seed(1))
     k = b.is_context.sum(1)
     assert k.min() == 0 and k.max() == 9
+    b = sample_tasks(make_prior("linear"), 500, 10, 3, torch.Generator().manual_seed(1),
+                     max_context=6, min_context=4)
+    assert set(b.is_context.sum(1).tolist()) == {4, 5, 6}
 
 
 def test_priors_are_deterministic_under_generator():
