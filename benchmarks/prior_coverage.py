@@ -1,6 +1,6 @@
 """90 % coverage that a model trained to perfection on the default prior would reach on the
 acceptance grid's tasks, with the interval the estimator's predictions get: mean +- 1.645
-std of 24 draws, as against mean +- 1.645 of the exact std (``acceptance.md``'s column
+std of 24 draws, as against mean +- 1.645 times the exact std (``acceptance.md``'s column
 "prior's Bayes coverage", which the first column here reproduces). The draws are
 independent (the estimator's are antithetic pairs of the diffusion noise, which has no
 counterpart here); each cell averages 40 sets of draws.
