@@ -1,6 +1,6 @@
 """Where meta-training's Huber loss stops being quadratic: for trained models, on tasks of
 their own training prior, the fraction of target tokens whose error in the loss's units
-(|prediction - target| / the model's residual scale) exceeds ``huber_delta``, and the rms
+(``training.scaled_errors``) exceeds ``huber_delta``, and the rms
 of that error, per (d, k). Where the linear baseline's variance is right, the error is
 about N(0, 1) and the loss is a squared error, whose minimizer is the mean E[target | y_t]
 that the reverse chain needs; where the fraction is large, the loss is closer to an
@@ -19,24 +19,11 @@ from skdiffusion.checkpoint import read_config
 from skdiffusion.estimator import DiffusionICLRegressor
 from skdiffusion.pretrained import get_denoiser, load
 from skdiffusion.priors import make_prior, sample_tasks
-from skdiffusion.training import TrainConfig
+from skdiffusion.training import TrainConfig, scaled_errors
 
 
 def ks_for(d):
     return (2, 3, d, d + 1, d + 2, 20)
-
-
-@torch.no_grad()
-def scaled_errors(model, schedule, prior, prediction_type, d, k, n_tasks, n_points, g):
-    """Errors in the loss's units at the target tokens of n_tasks tasks with k context
-    points and d features, noised as ``training.diffusion_loss`` noises them."""
-    batch = sample_tasks(prior, n_tasks, n_points, model.max_features, g, d, d, k, k)
-    t = torch.randint(1, schedule.timesteps + 1, batch.y.shape, generator=g)
-    eps = torch.randn(batch.y.shape, generator=g)
-    y_in = torch.where(batch.is_context, batch.y, schedule.q_sample(batch.y, t, eps))
-    pred, scale = model(batch.x, y_in, batch.is_context, t, return_scale=True)
-    target = schedule.target(batch.y, eps, t, prediction_type)
-    return ((pred - target) / scale)[~batch.is_context]
 
 
 def main():
@@ -64,8 +51,11 @@ def main():
         for d in (2, 5, 10):
             cells = []
             for k in ks_for(d):
-                e = scaled_errors(model.eval(), schedule, prior, spec["prediction_type"], d, k,
-                                  args.tasks, args.points, g)
+                batch = sample_tasks(prior, args.tasks, args.points, model.max_features, g,
+                                     d, d, k, k)
+                with torch.no_grad():
+                    e = scaled_errors(model.eval(), schedule, batch, spec["prediction_type"], g)
+                e = e[~batch.is_context]
                 cells.append(f"{(e.abs() > delta).float().mean():.3f} ({e.pow(2).mean().sqrt():.2f})")
             print(f"| {name} | {d} | " + " | ".join(cells) + " |", flush=True)
 

@@ -62,10 +62,9 @@ def curriculum(step, cfg, max_features):
     return d, n
 
 
-def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_delta):
-    """Loss on target tokens only: each target gets its own t and eps; errors are
-    measured in units of the model's own residual scale (1 for the pure transformer)."""
-    is_target = ~batch.is_context
+def scaled_errors(model, schedule, batch, prediction_type, generator):
+    """(B, N) errors of the prediction in units of the model's own residual scale (1 for
+    the pure transformer), each target token noised with its own t and eps."""
     T = schedule.timesteps
     t = torch.randint(1, T + 1, batch.y.shape, generator=generator).to(batch.y.device)
     eps = torch.randn(batch.y.shape, generator=generator).to(batch.y.device)
@@ -73,7 +72,14 @@ def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_del
     y_in = torch.where(batch.is_context, batch.y, y_t)
     pred, scale = model(batch.x, y_in, batch.is_context, t, return_scale=True)
     target = schedule.target(batch.y, eps, t, prediction_type)
-    err = torch.nn.functional.huber_loss(pred / scale, target / scale, reduction="none",
+    return pred / scale - target / scale
+
+
+def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_delta):
+    """Huber loss of :func:`scaled_errors` on target tokens only."""
+    is_target = ~batch.is_context
+    err = scaled_errors(model, schedule, batch, prediction_type, generator)
+    err = torch.nn.functional.huber_loss(err, torch.zeros_like(err), reduction="none",
                                          delta=huber_delta)
     return (err * is_target).sum() / is_target.sum().clamp(min=1)
 
