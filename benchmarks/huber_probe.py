@@ -47,6 +47,7 @@ def main():
         else:
             spec, name = read_config(directory)["config"], directory
             model, schedule = load(directory)
+        model.eval()
         prior, g = make_prior(spec["prior"]), torch.Generator().manual_seed(0)
         for d in (2, 5, 10):
             cells = []
@@ -54,7 +55,7 @@ def main():
                 batch = sample_tasks(prior, args.tasks, args.points, model.max_features, g,
                                      d, d, k, k)
                 with torch.no_grad():
-                    e = scaled_errors(model.eval(), schedule, batch, spec["prediction_type"], g)
+                    e = scaled_errors(model, schedule, batch, spec["prediction_type"], g)
                 e = e[~batch.is_context]
                 cells.append(f"{(e.abs() > delta).float().mean():.3f} ({e.pow(2).mean().sqrt():.2f})")
             print(f"| {name} | {d} | " + " | ".join(cells) + " |", flush=True)
