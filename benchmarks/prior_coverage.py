@@ -2,8 +2,9 @@
 acceptance grid's tasks, with the interval the estimator's predictions get: mean +- 1.645
 std of 24 draws, as against mean +- 1.645 times the exact std (``acceptance.md``'s column
 "prior's Bayes coverage", which the first column here reproduces). The draws are
-independent (the estimator's are antithetic pairs of the diffusion noise, which has no
-counterpart here); each cell averages 40 sets of draws.
+independent, or antithetic pairs as the estimator's are (pairs mirrored about the mean of
+their shared noise cell, ``noise_marginal_samples(antithetic=True)``); each cell averages
+40 sets of draws.
 
     python benchmarks/prior_coverage.py
 """
@@ -30,18 +31,22 @@ IN_RANGE = (0.86, 0.94)
 
 
 def cell(d, k, noise_range, n_tasks, n_queries, n_samples, n_sets, rng):
-    """(exact-std coverage, mean coverage of n_samples-draw intervals) at (d, k); the tasks
-    are those of ``icl_linear_table(seed=0)``, as ``benchmarks/acceptance.py`` draws them."""
+    """Coverage at (d, k) of the exact std and of n_samples-draw intervals, independent and
+    antithetic; the tasks are those of ``icl_linear_table(seed=0)``, as
+    ``benchmarks/acceptance.py`` draws them."""
     Xc, yc, Xq, yq = linear_tasks(n_tasks, k, n_queries, d, 0.1, seed=k)
-    exact, sampled = [], []
+    scores = []
     for i in range(n_tasks):
         mean, std = noise_marginal_predictive(Xc[i], yc[i], Xq[i], noise_range)
-        exact.append(coverage(yq[i], mean, std))
-        draws = noise_marginal_samples(Xc[i], yc[i], Xq[i], noise_range, n_sets * n_samples, rng)
-        draws = draws.reshape(n_sets, n_samples, -1)
-        half = 1.645 * draws.std(1, ddof=1)
-        sampled.append(np.mean(np.abs(yq[i] - draws.mean(1)) <= half))
-    return float(np.mean(exact)), float(np.mean(sampled))
+        row = [coverage(yq[i], mean, std)]
+        for antithetic in (False, True):
+            draws = noise_marginal_samples(Xc[i], yc[i], Xq[i], noise_range, n_sets * n_samples,
+                                           rng, antithetic=antithetic)
+            draws = draws.reshape(n_sets, n_samples, -1)
+            half = 1.645 * draws.std(1, ddof=1)
+            row.append(np.mean(np.abs(yq[i] - draws.mean(1)) <= half))
+        scores.append(row)
+    return tuple(np.mean(scores, axis=0).tolist())
 
 
 def main():
@@ -55,16 +60,18 @@ def main():
     for d in (2, 5, 10):
         for k in ks_for(d):
             rows.append((d, k, *cell(d, k, noise_range, 100, 5, args.samples, args.sets, rng)))
-    inside = [sum(IN_RANGE[0] <= r[i] <= IN_RANGE[1] for r in rows) for i in (2, 3)]
+    inside = [sum(IN_RANGE[0] <= r[i] <= IN_RANGE[1] for r in rows) for i in (2, 3, 4)]
     command = " ".join(["python benchmarks/prior_coverage.py", *sys.argv[1:]])
     lines = [f"# Coverage of the prior's Bayes answer, exact and sampled\n\n`{command}` "
              f"({time.time() - t0:.0f} s): noise std log-uniform in {list(noise_range)}, the "
              f"acceptance grid's tasks (noise 0.1, 100 x 5 per cell), {args.samples} "
-             f"independent draws per interval, {args.sets} sets per cell.\n",
+             f"draws per interval, {args.sets} sets per cell.\n",
              f"In {list(IN_RANGE)}: {inside[0]}/{len(rows)} cells with the exact std, "
-             f"{inside[1]}/{len(rows)} with {args.samples} draws.\n",
-             f"| d | k | exact std | {args.samples} draws |", "|---|---|---|---|"]
-    lines += [f"| {d} | {k} | {e:.3f} | {s:.3f} |" for d, k, e, s in rows]
+             f"{inside[1]}/{len(rows)} with {args.samples} independent draws, "
+             f"{inside[2]}/{len(rows)} with {args.samples} antithetic draws.\n",
+             f"| d | k | exact std | {args.samples} independent | {args.samples} antithetic |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {d} | {k} | {e:.3f} | {s:.3f} | {a:.3f} |" for d, k, e, s, a in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as f:

@@ -93,15 +93,27 @@ def noise_marginal_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
     return mean, np.sqrt(np.maximum(w @ (v + m**2) - mean**2, 0))
 
 
-def noise_marginal_samples(X_ctx, y_ctx, X_q, noise_range, n_samples, rng, n_grid=200):
+def noise_marginal_samples(X_ctx, y_ctx, X_q, noise_range, n_samples, rng, n_grid=200,
+                           antithetic=False):
     """(n_samples, n_queries) independent draws from :func:`noise_marginal_predictive`'s
     distribution (a mixture of Gaussians over the noise grid; one noise cell per draw,
     shared by the queries), e.g. to score a perfect model's intervals the way sampled
-    predictions are scored. ``rng`` is a numpy ``Generator``."""
+    predictions are scored. ``rng`` is a numpy ``Generator``.
+
+    With ``antithetic`` (``n_samples`` even) rows 2i and 2i + 1 are a pair that shares
+    its noise cell and mirrors its Gaussian noise, m + s z and m - s z: the counterpart
+    of the estimator's antithetic diffusion noise (e, -e), whose pairs mirror each other
+    about the mean wherever the predictive is symmetric."""
+    if antithetic and n_samples % 2:
+        raise ValueError(f"antithetic draws come in pairs; n_samples={n_samples} is odd")
     sigmas, w = noise_posterior(X_ctx, y_ctx, noise_range, n_grid)
     m, v = _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas)
-    cell = rng.choice(len(sigmas), size=n_samples, p=w)
-    return m[cell] + np.sqrt(v[cell]) * rng.standard_normal((n_samples, len(X_q)))
+    n_free = n_samples // 2 if antithetic else n_samples
+    cell = rng.choice(len(sigmas), size=n_free, p=w)
+    z = rng.standard_normal((n_free, len(X_q)))
+    if antithetic:
+        cell, z = cell.repeat(2), np.stack([z, -z], axis=1).reshape(n_samples, len(X_q))
+    return m[cell] + np.sqrt(v[cell]) * z
 
 
 def _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas):

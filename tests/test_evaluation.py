@@ -99,16 +99,25 @@ def test_noise_marginal_predictive_is_the_mixture_of_bayes_predictives():
         np.testing.assert_allclose(std**2, w @ (v + m**2) - (w @ m) ** 2, rtol=1e-8)
 
 
-def test_noise_marginal_samples_follow_the_mixture():
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_noise_marginal_samples_follow_the_mixture(antithetic):
     """Draws have the mixture's CDF at each query (3 points, 1 feature, so one residual
     degree of freedom: kurtosis about 80, far from Gaussian) and, sharing one noise
-    cell, its dependence across queries."""
+    cell, its dependence across queries; antithetic pairs are such draws too, mirrored
+    about the mean of their shared cell."""
     Xc, yc, Xq, _ = linear_tasks(1, 3, 2, 1, 0.1, seed=4)
     sigmas, w = noise_posterior(Xc[0], yc[0], (0.01, 5.0))
     parts = [bayes_predictive(Xc[0], yc[0], Xq[0], s, intercept=True) for s in sigmas]
     m, sd = np.array([p[0] for p in parts]), np.array([p[1] for p in parts])  # (grid, 2)
     draws = noise_marginal_samples(Xc[0], yc[0], Xq[0], (0.01, 5.0), 100_000,
-                                   np.random.default_rng(0))
+                                   np.random.default_rng(0), antithetic=antithetic)
+    if antithetic:
+        mid = (draws[0::2] + draws[1::2]) / 2                                # (50_000, 2)
+        gap = np.abs(mid[:, None, :] - m[None]).max(axis=2).min(axis=1)      # nearest cell
+        assert gap.max() < 1e-9 and np.all(draws[0::2] != draws[1::2])
+        with pytest.raises(ValueError, match="odd"):
+            noise_marginal_samples(Xc[0], yc[0], Xq[0], (0.01, 5.0), 3,
+                                   np.random.default_rng(0), antithetic=True)
     for q in range(2):
         for y in np.quantile(draws[:, q], (0.05, 0.25, 0.5, 0.75, 0.95)):
             cdf = w @ [NormalDist(mi, si).cdf(y) for mi, si in zip(m[:, q], sd[:, q])]
