@@ -158,7 +158,8 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
     """Rows of {k, mse, bayes_mse, shift_bayes_mse, lsq_mse, ratio, shift_ratio, coverage,
     bayes_coverage} per k; ``shift_*`` is against the unknown-intercept posterior. With
     ``noise_range`` (the model's training prior) also ``prior_bayes_mse``, ``prior_ratio``
-    and ``prior_coverage``, of :func:`noise_marginal_predictive`.
+    and ``prior_coverage``, of :func:`noise_marginal_predictive`, and ``width_ratio``, the
+    median over queries of the model's sample std over that predictive's std.
 
     Coverage is that of the central ``level`` interval mean +- z * std of the samples
     (for n = 64 samples, empirical 5 %/95 % quantiles alone would cover only ~0.87 of a
@@ -189,7 +190,8 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
             pm, ps = np.array([p[0] for p in prior]), np.array([p[1] for p in prior])
             prior_mse = float(np.mean((pm - yq) ** 2))
             rows[-1].update(prior_bayes_mse=prior_mse, prior_ratio=mse / prior_mse,
-                            prior_coverage=coverage(yq, pm, ps, level))
+                            prior_coverage=coverage(yq, pm, ps, level),
+                            width_ratio=float(np.median(std / ps)))
     return rows
 
 

@@ -17,6 +17,7 @@ from skdiffusion.evaluation import (
     noise_marginal_samples,
     noise_posterior,
 )
+from skdiffusion.inference import sample_raw_tasks
 
 
 def test_bayes_predictive_is_calibrated_and_beats_least_squares():
@@ -188,3 +189,8 @@ def test_icl_linear_table_reports_the_priors_bayes_answer():
                      for i in range(4)]).transpose(1, 0, 2)
     assert r["prior_bayes_mse"] == pytest.approx(np.mean((m - yq) ** 2))
     assert r["prior_coverage"] == coverage(yq, m, s)
+    g = torch.Generator().manual_seed(0)                   # the table's draws, k = 0 then 3
+    for k in (0, 3):
+        draws = sample_raw_tasks(model, sch, *(torch.tensor(a, dtype=torch.float32) for a in
+                                 linear_tasks(4, k, 2, 2, 0.1, seed=k)[:3]), 4, g, n_steps=5)
+    assert r["width_ratio"] == pytest.approx(np.median(draws.double().numpy().std(-1, ddof=1) / s))
