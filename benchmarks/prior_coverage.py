@@ -34,8 +34,8 @@ IN_RANGE = (0.86, 0.94)
 
 def cell(d, k, noise_range, n_tasks, n_queries, n_samples, n_sets, rng):
     """Coverage at (d, k) of the exact std, of n_samples-draw intervals (independent and
-    antithetic) and of the exact central 90 % interval; the tasks are those of ``icl_linear_table(seed=0)``, as
-    ``benchmarks/acceptance.py`` draws them."""
+    antithetic) and of the exact central 90 % interval; the tasks are those of
+    ``icl_linear_table(seed=0)``, as ``benchmarks/acceptance.py`` draws them."""
     Xc, yc, Xq, yq = linear_tasks(n_tasks, k, n_queries, d, 0.1, seed=k)
     scores = []
     for i in range(n_tasks):

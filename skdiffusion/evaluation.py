@@ -104,10 +104,10 @@ def noise_marginal_cdf(X_ctx, y_ctx, X_q, y_q, noise_range, n_grid=200):
 
 def noise_marginal_samples(X_ctx, y_ctx, X_q, noise_range, n_samples, rng, n_grid=200,
                            antithetic=False):
-    """(n_samples, n_queries) independent draws from :func:`noise_marginal_predictive`'s
-    distribution (a mixture of Gaussians over the noise grid; one noise cell per draw,
-    shared by the queries), e.g. to score a perfect model's intervals the way sampled
-    predictions are scored. ``rng`` is a numpy ``Generator``.
+    """(n_samples, n_queries) draws, independent by default, from
+    :func:`noise_marginal_predictive`'s distribution (a mixture of Gaussians over the noise
+    grid; one noise cell per draw, shared by the queries), e.g. to score a perfect model's
+    intervals the way sampled predictions are scored. ``rng`` is a numpy ``Generator``.
 
     With ``antithetic`` (``n_samples`` even) rows 2i and 2i + 1 are a pair that shares
     its noise cell and mirrors its Gaussian noise, m + s z and m - s z: the counterpart

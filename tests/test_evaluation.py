@@ -193,4 +193,5 @@ def test_icl_linear_table_reports_the_priors_bayes_answer():
     for k in (0, 3):
         draws = sample_raw_tasks(model, sch, *(torch.tensor(a, dtype=torch.float32) for a in
                                  linear_tasks(4, k, 2, 2, 0.1, seed=k)[:3]), 4, g, n_steps=5)
-    assert r["width_ratio"] == pytest.approx(np.median(draws.double().numpy().std(-1, ddof=1) / s))
+    std = draws.double().numpy().std(-1, ddof=1)
+    assert r["width_ratio"] == pytest.approx(np.median(std / s))
