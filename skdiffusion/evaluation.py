@@ -53,30 +53,42 @@ def _centred_eigh(X_ctx, y_ctx):
     return x_mean, y_mean, lam.clip(min=0), V, V.T @ Xc.T @ (y_ctx - y_mean)
 
 
+def _evidence_terms(X_ctx, y_ctx, noise_stds):
+    """(logdet, quad) of the centred context's Gaussian N(0, Xc Xc^T + sigma^2 I) on the
+    complement of the constant vector (k - 1 dims), one value per sigma, computed in the
+    eigenbasis of G = Xc^T Xc (determinant lemma and Woodbury)."""
+    k = len(y_ctx)
+    _, y_mean, lam, _, b = _centred_eigh(X_ctx, y_ctx)
+    yc = y_ctx - y_mean
+    s2 = np.asarray(noise_stds, dtype=float)[:, None] ** 2
+    quad = (yc @ yc - (b**2 / (s2 + lam)).sum(1)) / s2[:, 0]
+    logdet = (k - 1) * np.log(s2[:, 0]) + np.log1p(lam / s2).sum(1)
+    return logdet, quad
+
+
 def log_evidence(X_ctx, y_ctx, noise_stds):
     """log p(y_ctx | X_ctx, sigma) for each sigma in ``noise_stds``, under y = b + x.w +
     sigma e with w ~ N(0, I) and a flat prior on b (up to a constant in sigma).
 
     Integrating b out leaves the centred data as k - 1 observations,
-    N(0, Xc Xc^T + sigma^2 I) on the complement of the constant vector; computed in the
-    eigenbasis of G = Xc^T Xc (determinant lemma and Woodbury).
+    N(0, Xc Xc^T + sigma^2 I) on the complement of the constant vector.
     """
-    k = len(y_ctx)
-    _, y_mean, lam, _, b = _centred_eigh(X_ctx, y_ctx)
-    yc, r2 = y_ctx - y_mean, b**2
-    s2 = np.asarray(noise_stds, dtype=float)[:, None] ** 2
-    quad = (yc @ yc - (r2 / (s2 + lam)).sum(1)) / s2[:, 0]
-    logdet = (k - 1) * np.log(s2[:, 0]) + np.log1p(lam / s2).sum(1)
-    return -0.5 * ((k - 1) * np.log(2 * np.pi) + logdet + quad)
+    logdet, quad = _evidence_terms(X_ctx, y_ctx, noise_stds)
+    return -0.5 * ((len(y_ctx) - 1) * np.log(2 * np.pi) + logdet + quad)
+
+
+def _noise_grid(noise_range, n_grid):
+    """Midpoints of ``n_grid`` log-spaced cells of ``noise_range`` (one if it is a point)."""
+    lo, hi = np.log(noise_range[0]), np.log(noise_range[1])
+    n = n_grid if hi > lo else 1
+    return np.exp(lo + (np.arange(n) + 0.5) * (hi - lo) / n)
 
 
 def noise_posterior(X_ctx, y_ctx, noise_range, n_grid=200):
     """(sigmas, weights): the posterior of the noise std on ``n_grid`` log-spaced cells
     (midpoints) for a prior log-uniform in ``noise_range``, from :func:`log_evidence`."""
-    lo, hi = np.log(noise_range[0]), np.log(noise_range[1])
-    n = n_grid if hi > lo else 1
-    sigmas = np.exp(lo + (np.arange(n) + 0.5) * (hi - lo) / n)
-    logw = log_evidence(X_ctx, y_ctx, sigmas) if len(y_ctx) > 1 else np.zeros(n)
+    sigmas = _noise_grid(noise_range, n_grid)
+    logw = log_evidence(X_ctx, y_ctx, sigmas) if len(y_ctx) > 1 else np.zeros(len(sigmas))
     w = np.exp(logw - logw.max())
     return sigmas, w / w.sum()
 
@@ -123,6 +135,51 @@ def noise_marginal_samples(X_ctx, y_ctx, X_q, noise_range, n_samples, rng, n_gri
     if antithetic:
         cell, z = cell.repeat(2), np.stack([z, -z], axis=1).reshape(n_samples, len(X_q))
     return m[cell] + np.sqrt(v[cell]) * z
+
+
+def _scale_free_mixture(X_ctx, y_ctx, X_q, noise_range, n_grid):
+    """(weights, locations, scales, dof): the Student t mixture of
+    :func:`scale_free_predictive`, one component per noise cell."""
+    k = len(y_ctx)
+    if k < 3:
+        raise ValueError(f"the scale-free answer needs at least 3 context points, got {k}: "
+                         "standardized, fewer carry no scale and the predictive has no mean")
+    sigmas = _noise_grid(noise_range, n_grid)
+    logdet, quad = _evidence_terms(X_ctx, y_ctx, sigmas)
+    logw = -0.5 * logdet - 0.5 * (k - 1) * np.log(quad)
+    w = np.exp(logw - logw.max())
+    m, v = _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas)
+    return w / w.sum(), m, np.sqrt(v * quad[:, None] / (k - 1)), k - 1
+
+
+def scale_free_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
+    """Predictive mean and std at ``X_q`` under the prior of
+    :func:`noise_marginal_predictive` for someone who sees y only up to an affine map, as a
+    model fed standardized y does: standardizing hides the scale of y, which tells the
+    weights' scale (x is taken as seen). For k >= 4 its mean has the lowest MSE on that
+    prior's tasks of any answer equivariant in y: a floor for a model that standardizes
+    y (and x, which hides more).
+
+    The seen y is the true one divided by an unknown s, whose density given the seen y and
+    a noise cell sigma is p(s y | sigma) s^(k-2) (the polar Jacobian of the k - 1 centred
+    values): s^2 is Gamma((k - 1) / 2, q / 2), q the context's Mahalanobis form under
+    sigma. So the predictive is a mixture over sigma of Student t's with k - 1 degrees of
+    freedom, location that of :func:`bayes_predictive` and squared scale its variance
+    times q / (k - 1), weighted by det^-1/2 q^-(k-1)/2. Needs k >= 3 (for the mean); the
+    std is infinite for k = 3.
+    """
+    w, m, scale, dof = _scale_free_mixture(X_ctx, y_ctx, X_q, noise_range, n_grid)
+    mean = w @ m
+    if dof <= 2:
+        return mean, np.full(len(X_q), np.inf)
+    second = w @ (scale**2 * dof / (dof - 2) + m**2)
+    return mean, np.sqrt(np.maximum(second - mean**2, 0))
+
+
+def scale_free_cdf(X_ctx, y_ctx, X_q, y_q, noise_range, n_grid=200):
+    """CDF of :func:`scale_free_predictive`'s distribution at each query's ``y_q``."""
+    w, m, scale, dof = _scale_free_mixture(X_ctx, y_ctx, X_q, noise_range, n_grid)
+    return w @ special.stdtr(dof, (np.asarray(y_q)[None] - m) / scale)
 
 
 def _intercept_predictive_grid(X_ctx, y_ctx, X_q, sigmas):
