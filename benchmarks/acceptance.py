@@ -5,7 +5,8 @@ For each (d, k): MSE of the sample mean over the Bayes MSE (zero intercept, know
 over the unknown-intercept Bayes MSE (the best any estimator that centres its context can
 do, see ``skdiffusion.evaluation``), over the Bayes MSE of the model's own prior (unknown
 intercept, noise std unknown within the training prior's range:
-``noise_marginal_predictive``; for noisy_linear priors), and the coverage of the central
+``noise_marginal_predictive``; for noisy_linear priors) and of that prior for a model that
+sees y only standardized (``scale_free_predictive``, k >= 4), and the coverage of the central
 90 % interval, with the median over queries of the model's sample std over the prior's
 Bayes std (how much of a coverage miss is width). Bars: ratio <= 1.1 for k >= d + 2,
 <= 1.4 for 2 <= k <= d + 1, coverage in [0.86, 0.94].
@@ -50,15 +51,19 @@ def markdown(rows):
     lines = ["| d | k | model / Bayes | bar | model / unknown-intercept Bayes "
              "| unknown-intercept Bayes / Bayes "
              + ("| model / prior's Bayes | prior's Bayes / Bayes " if prior else "")
+             + ("| model / scale-free Bayes | scale-free Bayes / Bayes " if prior else "")
              + "| 90 % coverage "
              + ("| prior's Bayes coverage | model std / prior's Bayes std " if prior else "")
-             + "|", "|" + "---|" * (11 if prior else 7)]
+             + "|", "|" + "---|" * (13 if prior else 7)]
     for r in rows:
         b = bar(r["d"], r["k"])
         cells = [r["d"], r["k"], f"{r['ratio']:.2f}", b or "-", f"{r['shift_ratio']:.2f}",
                  f"{r['shift_bayes_mse'] / r['bayes_mse']:.2f}"]
         if prior:
             cells += [f"{r['prior_ratio']:.2f}", f"{r['prior_bayes_mse'] / r['bayes_mse']:.2f}"]
+            free = r.get("scale_free_bayes_mse")
+            cells += ([f"{r['scale_free_ratio']:.2f}", f"{free / r['bayes_mse']:.2f}"] if free
+                      else ["-", "-"])
         cells.append(f"{r['coverage']:.3f}")
         if prior:
             cells += [f"{r['prior_coverage']:.3f}", f"{r['width_ratio']:.2f}"]

@@ -6,6 +6,8 @@ independent, or antithetic pairs as the estimator's are (pairs mirrored about th
 their shared noise cell, ``noise_marginal_samples(antithetic=True)``); each cell averages
 40 sets of draws. The column "exact 90 %" scores the exact central 90 % interval instead,
 from the mixture's CDF (``noise_marginal_cdf``): heavy tails make mean +- 1.645 std wider.
+The last column scores the exact central 90 % interval of the answer for a model that sees
+y only standardized (``scale_free_cdf``, k >= 3).
 
     python benchmarks/prior_coverage.py
 """
@@ -25,6 +27,7 @@ from skdiffusion.evaluation import (
     noise_marginal_cdf,
     noise_marginal_predictive,
     noise_marginal_samples,
+    scale_free_cdf,
 )
 from skdiffusion.priors import make_prior
 
@@ -48,7 +51,10 @@ def cell(d, k, noise_range, n_tasks, n_queries, n_samples, n_sets, rng):
             half = 1.645 * draws.std(1, ddof=1)
             row.append(np.mean(np.abs(yq[i] - draws.mean(1)) <= half))
         pit = noise_marginal_cdf(Xc[i], yc[i], Xq[i], yq[i], noise_range)
-        scores.append(row + [np.mean(np.abs(pit - 0.5) <= 0.45)])
+        free = (scale_free_cdf(Xc[i], yc[i], Xq[i], yq[i], noise_range) if k >= 3
+                else np.full(len(yq[i]), np.nan))
+        scores.append(row + [np.mean(np.abs(pit - 0.5) <= 0.45),
+                             np.mean(np.abs(free - 0.5) <= 0.45) if k >= 3 else np.nan])
     return tuple(np.mean(scores, axis=0).tolist())
 
 
@@ -63,7 +69,7 @@ def main():
     for d in (2, 5, 10):
         for k in ks_for(d):
             rows.append((d, k, *cell(d, k, noise_range, 100, 5, args.samples, args.sets, rng)))
-    inside = [sum(IN_RANGE[0] <= r[i] <= IN_RANGE[1] for r in rows) for i in (2, 3, 4, 5)]
+    inside = [sum(IN_RANGE[0] <= r[i] <= IN_RANGE[1] for r in rows) for i in (2, 3, 4, 5, 6)]
     command = " ".join(["python benchmarks/prior_coverage.py", *sys.argv[1:]])
     lines = [f"# Coverage of the prior's Bayes answer, exact and sampled\n\n`{command}` "
              f"({time.time() - t0:.0f} s): noise std log-uniform in {list(noise_range)}, the "
@@ -72,11 +78,12 @@ def main():
              f"In {list(IN_RANGE)}: {inside[0]}/{len(rows)} cells with the exact std, "
              f"{inside[1]}/{len(rows)} with {args.samples} independent draws, "
              f"{inside[2]}/{len(rows)} with {args.samples} antithetic draws, "
-             f"{inside[3]}/{len(rows)} with the exact central 90 % interval.\n",
+             f"{inside[3]}/{len(rows)} with the exact central 90 % interval; scale-free: "
+             f"{inside[4]}/{sum(r[1] >= 3 for r in rows)}.\n",
              f"| d | k | exact std | {args.samples} independent | {args.samples} antithetic "
-             "| exact 90 % |", "|---|---|---|---|---|---|"]
-    lines += [f"| {d} | {k} | {e:.3f} | {s:.3f} | {a:.3f} | {q:.3f} |"
-              for d, k, e, s, a, q in rows]
+             "| exact 90 % | scale-free exact 90 % |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {d} | {k} | {e:.3f} | {s:.3f} | {a:.3f} | {q:.3f} | "
+              + ("-" if np.isnan(f) else f"{f:.3f}") + " |" for d, k, e, s, a, q, f in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as f:

@@ -215,8 +215,10 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
     """Rows of {k, mse, bayes_mse, shift_bayes_mse, lsq_mse, ratio, shift_ratio, coverage,
     bayes_coverage} per k; ``shift_*`` is against the unknown-intercept posterior. With
     ``noise_range`` (the model's training prior) also ``prior_bayes_mse``, ``prior_ratio``
-    and ``prior_coverage``, of :func:`noise_marginal_predictive`, and ``width_ratio``, the
-    median over queries of the model's sample std over that predictive's std.
+    and ``prior_coverage``, of :func:`noise_marginal_predictive`, ``width_ratio``, the
+    median over queries of the model's sample std over that predictive's std, and for
+    k >= 4 ``scale_free_bayes_mse`` and ``scale_free_ratio``, of
+    :func:`scale_free_predictive`.
 
     Coverage is that of the central ``level`` interval mean +- z * std of the samples
     (for n = 64 samples, empirical 5 %/95 % quantiles alone would cover only ~0.87 of a
@@ -249,6 +251,11 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
             rows[-1].update(prior_bayes_mse=prior_mse, prior_ratio=mse / prior_mse,
                             prior_coverage=coverage(yq, pm, ps, level),
                             width_ratio=float(np.median(std / ps)))
+        if noise_range is not None and k >= 4:
+            free = np.array([scale_free_predictive(Xc[i], yc[i], Xq[i], noise_range)[0]
+                             for i in range(n_tasks)])
+            free_mse = float(np.mean((free - yq) ** 2))
+            rows[-1].update(scale_free_bayes_mse=free_mse, scale_free_ratio=mse / free_mse)
     return rows
 
 

@@ -182,9 +182,15 @@ def test_icl_linear_table_reports_the_priors_bayes_answer():
     sch = NoiseSchedule(20)
     torch.manual_seed(0)
     model = SetDenoiser(max_features=2, n_layer=1, n_embd=16, n_head=2, abar=sch.abar).eval()
-    rows = icl_linear_table(model, sch, d=2, ks=(0, 3), n_tasks=4, n_queries=2, n_samples=4,
+    rows = icl_linear_table(model, sch, d=2, ks=(0, 3, 4), n_tasks=4, n_queries=2, n_samples=4,
                             noise_range=(0.01, 5.0), n_steps=5)
     assert "prior_ratio" not in rows[0]                   # no context: no posterior
+    assert "scale_free_ratio" not in rows[1]              # k = 3: no finite MSE
+    Xc, yc, Xq, yq = linear_tasks(4, 4, 2, 2, 0.1, seed=4)
+    free = np.array([scale_free_predictive(Xc[i], yc[i], Xq[i], (0.01, 5.0))[0]
+                     for i in range(4)])
+    assert rows[2]["scale_free_bayes_mse"] == pytest.approx(np.mean((free - yq) ** 2))
+    assert rows[2]["scale_free_ratio"] == pytest.approx(rows[2]["mse"] / np.mean((free - yq) ** 2))
     r = rows[1]
     assert r["prior_ratio"] == pytest.approx(r["mse"] / r["prior_bayes_mse"])
     Xc, yc, Xq, yq = linear_tasks(4, 3, 2, 2, 0.1, seed=3)  # the table's tasks at k = 3
