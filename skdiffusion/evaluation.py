@@ -10,6 +10,11 @@ posterior with an unknown intercept under a flat prior, :func:`bayes_predictive`
 ``intercept=True``: the same posterior fitted to the centred context, mean
 ybar + (x* - xbar).mu and variance sigma^2 / k added. Near k = d + 2 it is 2-3 times
 the zero-intercept Bayes error (k = d + 1 points determine d slopes and an intercept).
+
+A model meta-trained on a prior is scored against that prior's own Bayes answer
+(:func:`noise_marginal_predictive`, the noise std unknown within its range), and, since it
+sees y standardized, against the same answer with y's scale unknown too
+(:func:`scale_free_predictive`).
 """
 
 from statistics import NormalDist
@@ -164,8 +169,8 @@ def scale_free_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
     a noise cell sigma is p(s y | sigma) s^(k-2) (the polar Jacobian of the k - 1 centred
     values): s^2 is Gamma((k - 1) / 2, q / 2), q the context's Mahalanobis form under
     sigma. So the predictive is a mixture over sigma of Student t's with k - 1 degrees of
-    freedom, location that of :func:`bayes_predictive` and squared scale its variance
-    times q / (k - 1), weighted by det^-1/2 q^-(k-1)/2. Needs k >= 3 (for the mean); the
+    freedom, location that of ``bayes_predictive(..., intercept=True)`` and squared scale
+    its variance times q / (k - 1), weighted by det^-1/2 q^-(k-1)/2. Needs k >= 3 (for the mean); the
     std is infinite for k = 3.
     """
     w, m, scale, dof = _scale_free_mixture(X_ctx, y_ctx, X_q, noise_range, n_grid)
