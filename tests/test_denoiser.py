@@ -1,4 +1,8 @@
-"""The set denoiser's invariances: targets independent, context order irrelevant."""
+"""The set denoiser's invariances: targets independent, context order irrelevant.
+
+Invariances are checked in float64, so that their tolerance is far below any real
+breach and far above rounding (in float32, summing a permuted context rounds outputs
+of size ~20 differently by ~1e-5)."""
 
 import pytest
 import torch
@@ -20,13 +24,13 @@ def model(request):
                     linear_baseline=request.param is not None, abar=ABAR,
                     ridge_penalty=penalty, centred_dof=request.param == "centred").eval()
     torch.nn.init.normal_(m.read_out.weight)  # make the transformer's part count
-    return m
+    return m.double()
 
 
 def task(seed, k=K, m=M, d=4):
     g = torch.Generator().manual_seed(seed)
-    x = pad_features(torch.randn(k + m, d, generator=g), F)
-    y = torch.randn(k + m, generator=g)
+    x = pad_features(torch.randn(k + m, d, generator=g, dtype=torch.float64), F)
+    y = torch.randn(k + m, generator=g, dtype=torch.float64)
     return x, y, torch.arange(k + m) < k, torch.randint(1, 100, (k + m,), generator=g)
 
 
@@ -47,10 +51,10 @@ def test_target_output_independent_of_other_targets(model):
     for j in range(M):  # each target alone with the context
         keep = torch.cat([torch.arange(K), torch.tensor([K + j])])
         alone = forward(model, x[keep], y[keep], c[keep], t[keep])[-1]
-        torch.testing.assert_close(alone, full[j], rtol=0, atol=1e-5)
+        torch.testing.assert_close(alone, full[j], rtol=0, atol=1e-10)
     perm = torch.cat([torch.arange(K), K + torch.randperm(M, generator=torch.Generator().manual_seed(1))])
     shuffled = forward(model, x[perm], y[perm], c[perm], t[perm])[K:]
-    torch.testing.assert_close(shuffled, full[perm[K:] - K], rtol=0, atol=1e-5)
+    torch.testing.assert_close(shuffled, full[perm[K:] - K], rtol=0, atol=1e-10)
 
 
 @torch.no_grad()
@@ -59,7 +63,7 @@ def test_output_invariant_to_context_permutation(model):
     full = forward(model, x, y, c, t)[K:]
     perm = torch.cat([torch.randperm(K, generator=torch.Generator().manual_seed(2)), torch.arange(K, K + M)])
     torch.testing.assert_close(forward(model, x[perm], y[perm], c[perm], t[perm])[K:], full,
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=1e-10)
 
 
 @torch.no_grad()
@@ -73,15 +77,16 @@ def test_output_depends_on_context_y(model):
 
 @torch.no_grad()
 def test_zero_padding_is_the_identity(model):
-    g = torch.Generator().manual_seed(3)
-    x_ctx, x_q = torch.randn(K, 3, generator=g), torch.randn(M, 3, generator=g)
-    y_ctx = torch.randn(K, generator=g)
-    y_t = torch.randn(M, 2, generator=g)
+    g, f64 = torch.Generator().manual_seed(3), torch.float64
+    x_ctx, x_q = torch.randn(K, 3, generator=g, dtype=f64), torch.randn(M, 3, generator=g, dtype=f64)
+    y_ctx = torch.randn(K, generator=g, dtype=f64)
+    y_t = torch.randn(M, 2, generator=g, dtype=f64)
     a = make_denoise_fn(model, pad_features(x_ctx, F)[None], y_ctx[None],
                         pad_features(x_q, F)[None])(y_t[None], 40)
-    b = make_denoise_fn(model, torch.cat([x_ctx, torch.zeros(K, F - 3)], 1)[None], y_ctx[None],
-                        torch.cat([x_q, torch.zeros(M, F - 3)], 1)[None], chunk_size=3)(y_t[None], 40)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    zeros = torch.zeros(K + M, F - 3, dtype=f64)
+    b = make_denoise_fn(model, torch.cat([x_ctx, zeros[:K]], 1)[None], y_ctx[None],
+                        torch.cat([x_q, zeros[K:]], 1)[None], chunk_size=3)(y_t[None], 40)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="max_features"):
         pad_features(torch.zeros(2, F + 1), F)
 
@@ -89,11 +94,12 @@ def test_zero_padding_is_the_identity(model):
 @torch.no_grad()
 def test_chunking_does_not_change_outputs(model):
     x, y, c, t = task(4, m=0)
-    x_q = pad_features(torch.randn(9, 4, generator=torch.Generator().manual_seed(5)), F)
-    y_t = torch.randn(9, 3, generator=torch.Generator().manual_seed(6))
+    x_q = pad_features(torch.randn(9, 4, generator=torch.Generator().manual_seed(5),
+                                   dtype=torch.float64), F)
+    y_t = torch.randn(9, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     a = make_denoise_fn(model, x[None], y[None], x_q[None], chunk_size=1000)(y_t[None], 10)
     b = make_denoise_fn(model, x[None], y[None], x_q[None], chunk_size=4)(y_t[None], 10)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 @torch.no_grad()
@@ -181,14 +187,11 @@ def test_linear_baseline_needs_schedule():
 def test_cached_context_path_equals_full_forward(model, k):
     """encode_context + forward_targets (used for sampling) is the same function as the
     masked full forward (used for training)."""
-    m = model.double()
     x, y, c, _ = task(5, k=k, m=M)
-    x, y = x.double(), y.double()
     t = torch.full((K + M,), 37)[: k + M]
-    full = m(x[None], y[None], c[None], t[None])[0, k:]
-    cache = m.encode_context(x[None, :k], y[None, :k])
-    cached = m.forward_targets(cache, x[None, k:], y[None, k:], 37)[0]
-    m.float()
+    full = model(x[None], y[None], c[None], t[None])[0, k:]
+    cache = model.encode_context(x[None, :k], y[None, :k])
+    cached = model.forward_targets(cache, x[None, k:], y[None, k:], 37)[0]
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-10)
 
 
