@@ -161,9 +161,11 @@ def scale_free_predictive(X_ctx, y_ctx, X_q, noise_range, n_grid=200):
     """Predictive mean and std at ``X_q`` under the prior of
     :func:`noise_marginal_predictive` for someone who sees y only up to an affine map, as a
     model fed standardized y does: standardizing hides the scale of y, which tells the
-    weights' scale (x is taken as seen). For k >= 4 its mean has the lowest MSE on that
-    prior's tasks of any answer equivariant in y: a floor for a model that standardizes
-    y (and x, which hides more).
+    weights' scale (x is taken as seen). It is what a model meta-trained to perfection on
+    that prior would predict, and for k >= 4 its mean has the lowest squared error in
+    standardized units (those the model is trained in) of any answer equivariant in y.
+    Not in y's own units, where a task's error counts s^2 times: there the optimum weights
+    each noise cell by a further E[s^2 | sigma] = (k - 1) / q.
 
     The seen y is the true one divided by an unknown s, whose density given the seen y and
     a noise cell sigma is p(s y | sigma) s^(k-2) (the polar Jacobian of the k - 1 centred
