@@ -20,10 +20,9 @@ import os
 import sys
 import time
 
-from skdiffusion.checkpoint import read_config
+from skdiffusion.bench.model import load_trained
 from skdiffusion.estimator import DiffusionICLRegressor
 from skdiffusion.evaluation import icl_linear_table
-from skdiffusion.pretrained import get_denoiser, load
 from skdiffusion.priors import make_prior
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -99,12 +98,7 @@ def main():
     p.add_argument("--samples", type=int, help="samples per query (default: the estimator's)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "acceptance.md"))
     args = p.parse_args()
-    if args.model:
-        spec = read_config(args.model)["config"]
-        model, schedule = load(args.model)
-    else:
-        spec = DiffusionICLRegressor().model_spec()
-        model, schedule = get_denoiser(spec)
+    spec, model, schedule = load_trained(args.model)
     reg = DiffusionICLRegressor()  # its sampling settings
     n_samples = args.samples or reg.n_samples
     sampler_kw = {**reg.sampler_settings(schedule.timesteps),

@@ -15,9 +15,7 @@ import sys
 
 import torch
 
-from skdiffusion.checkpoint import read_config
-from skdiffusion.estimator import DiffusionICLRegressor
-from skdiffusion.pretrained import get_denoiser, load
+from skdiffusion.bench.model import load_trained
 from skdiffusion.priors import make_prior, sample_tasks
 from skdiffusion.training import TrainConfig, scaled_errors
 
@@ -41,12 +39,7 @@ def main():
     print("| model | d | " + " | ".join(("k=2", "k=3", "k=d", "k=d+1", "k=d+2", "k=20")) + " |")
     print("|---|---|" + "---|" * 6)
     for directory in args.models:
-        if directory == "shipped":
-            spec = DiffusionICLRegressor().model_spec()
-            (model, schedule), name = get_denoiser(spec), "shipped"
-        else:
-            spec, name = read_config(directory)["config"], directory
-            model, schedule = load(directory)
+        spec, model, schedule = load_trained(directory)
         model.eval()
         prior, g = make_prior(spec["prior"]), torch.Generator().manual_seed(0)
         for d in (2, 5, 10):
@@ -58,7 +51,7 @@ def main():
                     e = scaled_errors(model, schedule, batch, spec["prediction_type"], g)
                 e = e[~batch.is_context]
                 cells.append(f"{(e.abs() > delta).float().mean():.3f} ({e.pow(2).mean().sqrt():.2f})")
-            print(f"| {name} | {d} | " + " | ".join(cells) + " |", flush=True)
+            print(f"| {directory} | {d} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,19 @@ import time
 
 import torch
 
+from ..checkpoint import read_config
 from ..estimator import DiffusionICLRegressor
 from ..inference import sample_raw_tasks
-from ..pretrained import get_denoiser, spec_key
+from ..pretrained import get_denoiser, load, spec_key
+
+
+def load_trained(directory=None):
+    """(spec, denoiser, schedule) of a trained model directory, or with ``None`` (or
+    ``"shipped"``) of the default estimator's configuration (the shipped weights)."""
+    if directory in (None, "shipped"):
+        spec = DiffusionICLRegressor().model_spec()
+        return (spec, *get_denoiser(spec))
+    return (read_config(directory)["config"], *load(directory))
 
 
 class BenchModel:
