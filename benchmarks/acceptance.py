@@ -9,7 +9,9 @@ intercept, noise std unknown within the training prior's range:
 sees y only standardized (``scale_free_predictive``, k >= 4), and the coverage of the central
 90 % interval, with the median over queries of the model's sample std over the prior's
 Bayes std (how much of a coverage miss is width). Bars: ratio <= 1.1 for k >= d + 2,
-<= 1.4 for 2 <= k <= d + 1, coverage in [0.86, 0.94].
+<= 1.4 for 2 <= k <= d + 1, coverage in [0.86, 0.94]. The model / Bayes ratio comes with
+its 95 % interval over tasks (100 tasks leave it a few % wide even at k = 40), and the
+summary counts the cells whose whole interval is under the bar.
 
     python benchmarks/acceptance.py                      # the shipped default model
     python benchmarks/acceptance.py --model runs/gpu/evidence --out results/x.md
@@ -47,16 +49,18 @@ def grid(model, schedule, n_tasks, n_queries, n_samples, ds=(2, 5, 10), **table_
 
 def markdown(rows):
     prior = "prior_ratio" in rows[0]
-    lines = ["| d | k | model / Bayes | bar | model / unknown-intercept Bayes "
+    lines = ["| d | k | model / Bayes | its 95 % interval | bar | model / unknown-intercept Bayes "
              "| unknown-intercept Bayes / Bayes "
              + ("| model / prior's Bayes | prior's Bayes / Bayes " if prior else "")
              + ("| model / scale-free Bayes | scale-free Bayes / Bayes " if prior else "")
              + "| 90 % coverage "
              + ("| prior's Bayes coverage | model std / prior's Bayes std " if prior else "")
-             + "|", "|" + "---|" * (13 if prior else 7)]
+             + "|", "|" + "---|" * (14 if prior else 8)]
     for r in rows:
         b = bar(r["d"], r["k"])
-        cells = [r["d"], r["k"], f"{r['ratio']:.2f}", b or "-", f"{r['shift_ratio']:.2f}",
+        lo, hi = r["ratio"] - r["ratio_half_width"], r["ratio"] + r["ratio_half_width"]
+        cells = [r["d"], r["k"], f"{r['ratio']:.2f}", f"{lo:.2f}-{hi:.2f}", b or "-",
+                 f"{r['shift_ratio']:.2f}",
                  f"{r['shift_bayes_mse'] / r['bayes_mse']:.2f}"]
         if prior:
             cells += [f"{r['prior_ratio']:.2f}", f"{r['prior_bayes_mse'] / r['bayes_mse']:.2f}"]
@@ -82,10 +86,12 @@ def prior_note(noise_range):
 
 
 def summary(rows):
-    met = [r for r in rows if bar(r["d"], r["k"]) and r["ratio"] <= bar(r["d"], r["k"])]
     barred = [r for r in rows if bar(r["d"], r["k"])]
+    met = [r for r in barred if r["ratio"] <= bar(r["d"], r["k"])]
+    surely = [r for r in met if r["ratio"] + r["ratio_half_width"] <= bar(r["d"], r["k"])]
     covered = [r for r in rows if 0.86 <= r["coverage"] <= 0.94]
-    return (f"accuracy bar met at {len(met)}/{len(barred)} (d, k); coverage in [0.86, 0.94] "
+    return (f"accuracy bar met at {len(met)}/{len(barred)} (d, k), {len(surely)} of them with "
+            f"the 95 % interval of model / Bayes wholly under the bar; coverage in [0.86, 0.94] "
             f"at {len(covered)}/{len(rows)}; coverage range {min(r['coverage'] for r in rows):.3f}"
             f"-{max(r['coverage'] for r in rows):.3f}")
 

@@ -26,7 +26,12 @@ import time
 import numpy as np
 from acceptance import bar, ks_for
 
-from skdiffusion.evaluation import bayes_predictive, linear_tasks, noise_marginal_predictive
+from skdiffusion.evaluation import (
+    bayes_predictive,
+    linear_tasks,
+    noise_marginal_predictive,
+    ratio_interval,
+)
 
 NOISE, PRIOR_RANGE = 0.1, (0.01, 5.0)
 
@@ -47,12 +52,6 @@ def per_task_mse(d, k, n_tasks, n_queries=5):
 def least_squares_ratio(d, k):
     """E[MSE] of least squares with an intercept over that without one, Gaussian x."""
     return (1 + 1 / k) * (1 + d / (k - d - 2)) / (1 + d / (k - d - 1)) if k >= d + 3 else None
-
-
-def ratio_interval(a, b):
-    """mean(a) / mean(b) and the half-width of its 95 % interval (delta method, paired)."""
-    r = a.mean() / b.mean()
-    return r, 1.96 * np.std(a - r * b, ddof=1) / np.sqrt(len(a)) / b.mean()
 
 
 def verdict(r, half, limit):

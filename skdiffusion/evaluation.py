@@ -210,6 +210,15 @@ def least_squares(X_ctx, y_ctx, X_q):
     return X_q @ np.linalg.lstsq(X_ctx, y_ctx, rcond=None)[0]
 
 
+def ratio_interval(a, b, level=0.95):
+    """mean(a) / mean(b) for paired per-task values (e.g. two answers' squared errors on
+    the same tasks) and the half-width of its ``level`` interval (delta method)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    r = a.mean() / b.mean()
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return float(r), float(z * np.std(a - r * b, ddof=1) / np.sqrt(len(a)) / b.mean())
+
+
 def coverage(y, mean, std, level=0.9):
     """Fraction of ``y`` inside the central ``level`` interval mean +- z * std."""
     z = NormalDist().inv_cdf(0.5 + level / 2)
@@ -219,8 +228,10 @@ def coverage(y, mean, std, level=0.9):
 def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_std=0.1,
                      n_tasks=200, n_queries=5, n_samples=64, seed=0, level=0.9,
                      noise_range=None, **sampler_kw):
-    """Rows of {k, mse, bayes_mse, shift_bayes_mse, lsq_mse, ratio, shift_ratio, coverage,
-    bayes_coverage} per k; ``shift_*`` is against the unknown-intercept posterior. With
+    """Rows of {k, mse, bayes_mse, shift_bayes_mse, lsq_mse, ratio, ratio_half_width,
+    shift_ratio, coverage, bayes_coverage} per k; ``ratio_half_width`` is that of the 95 %
+    interval of ``ratio`` over tasks (:func:`ratio_interval`), ``shift_*`` is against the
+    unknown-intercept posterior. With
     ``noise_range`` (the model's training prior) also ``prior_bayes_mse``, ``prior_ratio``
     and ``prior_coverage``, of :func:`noise_marginal_predictive`, ``width_ratio``, the
     median over queries of the model's sample std over that predictive's std, and for
@@ -245,8 +256,10 @@ def icl_linear_table(model, schedule, d=5, ks=(0, 1, 2, 3, 5, 8, 10, 15), noise_
         lsq = np.array([least_squares(Xc[i], yc[i], Xq[i]) for i in range(n_tasks)])
         mse, bayes_mse = float(np.mean((mean - yq) ** 2)), float(np.mean((bm - yq) ** 2))
         shift_mse = float(np.mean((shift - yq) ** 2))
+        per_task = [np.mean((m - yq) ** 2, axis=1) for m in (mean, bm)]
         rows.append({"k": k, "mse": mse, "bayes_mse": bayes_mse, "shift_bayes_mse": shift_mse,
                      "lsq_mse": float(np.mean((lsq - yq) ** 2)), "ratio": mse / bayes_mse,
+                     "ratio_half_width": ratio_interval(*per_task)[1] if n_tasks > 1 else np.nan,
                      "shift_ratio": mse / shift_mse,
                      "coverage": coverage(yq, mean, std, level),
                      "bayes_coverage": coverage(yq, bm, bs, level)})

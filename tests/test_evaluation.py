@@ -20,6 +20,7 @@ from skdiffusion.evaluation import (
     noise_marginal_predictive,
     noise_marginal_samples,
     noise_posterior,
+    ratio_interval,
     scale_free_cdf,
     scale_free_predictive,
 )
@@ -208,6 +209,22 @@ def test_icl_linear_table_reports_the_priors_bayes_answer():
                                  linear_tasks(4, k, 2, 2, 0.1, seed=k)[:3]), 4, g, n_steps=5)
     std = draws.double().numpy().std(-1, ddof=1)
     assert r["width_ratio"] == pytest.approx(np.median(std / s))
+    mean = draws.double().numpy().mean(-1)
+    bm = np.array([bayes_predictive(Xc[i], yc[i], Xq[i], 0.1)[0] for i in range(4)])
+    ratio, half = ratio_interval(((mean - yq) ** 2).mean(1), ((bm - yq) ** 2).mean(1))
+    assert r["ratio"] == pytest.approx(ratio) and r["ratio_half_width"] == pytest.approx(half)
+
+
+def test_ratio_interval_is_the_delta_method():
+    """With a constant denominator the interval is that of a mean: z sd(a) / (sqrt(n) b);
+    paired errors that move together give a narrower interval than independent ones."""
+    a = np.random.default_rng(0).exponential(size=400)
+    r, half = ratio_interval(a, np.full(400, 2.0))
+    assert r == pytest.approx(a.mean() / 2)
+    assert half == pytest.approx(1.959964 * a.std(ddof=1) / 20 / 2, rel=1e-6)
+    assert ratio_interval(a, np.full(400, 2.0), level=0.5)[1] < half
+    b = a + np.random.default_rng(1).exponential(size=400) * 0.1
+    assert ratio_interval(a, b)[1] < ratio_interval(a, np.random.default_rng(2).permutation(b))[1]
 
 
 def _scale_free_by_quadrature(X, y, Q, y_q, noise_range, n_grid):
