@@ -1,9 +1,9 @@
 """Which cells of the accuracy bar any estimator that standardizes y could meet.
 
 ``acceptance.py`` scores the model against the exact Bayes answer (zero intercept, noise
-std 0.1 known) on 100 tasks per cell. No estimator that standardizes y, as this one does
-(``tests/test_estimator.py::test_targets_in_any_units``: predictions shift and scale with
-y), can beat the unknown-intercept Bayes answer on these tasks: conditioning on what such
+std 0.1 known) on 100 tasks per cell. No estimator that standardizes y and sees it no
+other way, as this one (``tests/test_estimator.py::test_targets_in_any_units``: its
+predictions shift and scale with y), can beat the unknown-intercept Bayes answer on these tasks: conditioning on what such
 an estimator sees (the context up to y -> a y + b) leaves the flat-intercept posterior
 mean, and the ridge it implies depends only on noise / weight scale, which standardizing
 does not change. So a cell is out of reach for every such estimator, however trained,
