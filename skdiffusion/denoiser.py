@@ -139,27 +139,36 @@ def baseline_moments(features, cap, var_cap):
     return m, (noise_var * (1 + lev)).clamp(VARIANCE_FLOOR, var_cap)
 
 
-def residual_scale(features, abar_t, prediction_type, cap, var_cap):
-    """Standard deviation of (true target - Gaussian baseline) if the baseline's Gaussian
-    were exact: s_post / b for v, s_post for y0 and s_post * a / b for eps, where
+def gaussian_residual_scale(s2, abar_t, prediction_type):
+    """Standard deviation of (true target - Gaussian denoiser) for y0 ~ N(m, s2) if that
+    Gaussian were exact: s_post / b for v, s_post for y0 and s_post * a / b for eps, where
     s_post^2 = s^2 b^2 / (a^2 s^2 + b^2) is the posterior variance of y0 given y_t."""
-    _, s2 = baseline_moments(features, cap, var_cap)
     a2, b2 = abar_t, 1 - abar_t
     base = (s2 / (a2 * s2 + b2)).sqrt()
     scale = {"v": base, "sample": base * b2.sqrt(), "epsilon": base * a2.sqrt()}[prediction_type]
     return scale.clamp(min=1e-3)
 
 
-def gaussian_baseline(features, abar_t, y_t, prediction_type, cap, var_cap):
-    """The exact denoiser for y0 ~ N(m, s^2), in ``prediction_type`` (see DESIGN.md), with
-    m and s^2 from :func:`baseline_moments`. Shrinking m where leverage exceeds ``cap``
-    tames far extrapolation, typical of 1-3 point contexts after per-feature
-    standardization."""
-    m, s2 = baseline_moments(features, cap, var_cap)
+def gaussian_denoiser(m, s2, abar_t, y_t, prediction_type):
+    """The exact denoiser for y0 ~ N(m, s2), in ``prediction_type`` (see DESIGN.md)."""
     a, b2 = abar_t.sqrt(), 1 - abar_t
     gain = (y_t - a * m) / (abar_t * s2 + b2)
     eps, y0 = b2.sqrt() * gain, m + a * s2 * gain
     return {"epsilon": eps, "sample": y0, "v": a * eps - b2.sqrt() * y0}[prediction_type]
+
+
+def residual_scale(features, abar_t, prediction_type, cap, var_cap):
+    """:func:`gaussian_residual_scale` of the baseline at each token."""
+    return gaussian_residual_scale(baseline_moments(features, cap, var_cap)[1], abar_t,
+                                   prediction_type)
+
+
+def gaussian_baseline(features, abar_t, y_t, prediction_type, cap, var_cap):
+    """:func:`gaussian_denoiser` with m and s^2 from :func:`baseline_moments`. Shrinking m
+    where leverage exceeds ``cap`` tames far extrapolation, typical of 1-3 point contexts
+    after per-feature standardization."""
+    return gaussian_denoiser(*baseline_moments(features, cap, var_cap), abar_t, y_t,
+                             prediction_type)
 
 
 def gelu_tanh_(x):
@@ -297,8 +306,14 @@ class SetDenoiser(nn.Module):
             feats = self.target_features(cache, x_q)
         # one t for all targets: a (1, 1) t broadcasts, so the time MLP runs once per step
         ts = torch.full((1, 1), t, dtype=torch.long, device=x_q.device)
+        h = self._attend_cached(cache, self._embed(x_q, y_t, is_ctx, ts, feats))
+        return self._head(h, feats, y_t, ts)
+
+    def _attend_cached(self, cache, h):
+        """Final hidden states of target token embeddings ``h`` (B, M, n_embd), each
+        attending to the cached context and to itself."""
         blocks, pos, ln_f = self._blocks()
-        h = self._embed(x_q, y_t, is_ctx, ts, feats) + pos
+        h = h + pos
         for block, (ck, cv) in zip(blocks, cache["kv"]):
             q, key, v = self._qkv(block, block.ln_1(h))
             q = q * block.attn.scaling  # before the products: M x head_dim, not M x k
@@ -307,7 +322,7 @@ class SetDenoiser(nn.Module):
             p = torch.softmax(torch.cat([s_ctx, s_self], -1), dim=-1)
             att = p[..., :-1] @ cv + p[..., -1:] * v
             h = self._block_rest(block, h, att)
-        return self._head(ln_f(h), feats, y_t, ts)
+        return ln_f(h)
 
     @staticmethod
     def _qkv(block, a):

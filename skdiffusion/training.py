@@ -62,26 +62,37 @@ def curriculum(step, cfg, max_features):
     return d, n
 
 
-def scaled_errors(model, schedule, batch, prediction_type, generator):
-    """(B, N) errors of the prediction in units of the model's own residual scale (1 for
-    the pure transformer), each target token noised with its own t and eps."""
-    T = schedule.timesteps
-    t = torch.randint(1, T + 1, batch.y.shape, generator=generator).to(batch.y.device)
-    eps = torch.randn(batch.y.shape, generator=generator).to(batch.y.device)
-    y_t = schedule.q_sample(batch.y, t, eps)
-    y_in = torch.where(batch.is_context, batch.y, y_t)
-    pred, scale = model(batch.x, y_in, batch.is_context, t, return_scale=True)
-    target = schedule.target(batch.y, eps, t, prediction_type)
+def scaled_errors(model, schedule, batch, prediction_type, generator, pairs=1):
+    """(B, N, pairs) errors of the prediction in units of the model's own residual scale
+    (1 for the pure transformer), each target token noised with its own t and eps.
+
+    A set denoiser (y_t in the token) takes one (t, eps) per token; a model with a
+    per-query head (``per_query_head``) runs its transformer once and its head on
+    ``pairs`` draws per token."""
+    T, y0 = schedule.timesteps, batch.y[..., None]
+    shape = (*batch.y.shape, pairs)
+    t = torch.randint(1, T + 1, shape, generator=generator).to(batch.y.device)
+    eps = torch.randn(shape, generator=generator).to(batch.y.device)
+    y_t = schedule.q_sample(y0, t, eps)
+    if getattr(getattr(model, "module", model), "per_query_head", False):
+        pred, scale = model(batch.x, batch.y, batch.is_context, y_t, t, return_scale=True)
+    else:
+        if pairs != 1:
+            raise ValueError("a set denoiser takes one (t, noise) draw per token (pairs=1)")
+        y_in = torch.where(batch.is_context, batch.y, y_t[..., 0])
+        pred, scale = model(batch.x, y_in, batch.is_context, t[..., 0], return_scale=True)
+        pred, scale = pred[..., None], scale[..., None]
+    target = schedule.target(y0, eps, t, prediction_type)
     return pred / scale - target / scale
 
 
-def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_delta):
+def diffusion_loss(model, schedule, batch, prediction_type, generator, huber_delta, pairs=1):
     """Huber loss of :func:`scaled_errors` on target tokens only."""
-    is_target = ~batch.is_context
-    err = scaled_errors(model, schedule, batch, prediction_type, generator)
+    is_target = (~batch.is_context)[..., None]
+    err = scaled_errors(model, schedule, batch, prediction_type, generator, pairs)
     err = torch.nn.functional.huber_loss(err, torch.zeros_like(err), reduction="none",
                                          delta=huber_delta)
-    return (err * is_target).sum() / is_target.sum().clamp(min=1)
+    return (err * is_target).sum() / (is_target.sum() * pairs).clamp(min=1)
 
 
 def _rank():
@@ -101,8 +112,10 @@ def rank_divergence(model):
 
 
 def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None,
-          checkpoint_every=500, verbose=1, callback=None, device="cpu"):
+          checkpoint_every=500, verbose=1, callback=None, device="cpu", pairs=1):
     """Meta-train ``model`` in place; resumes from ``checkpoint_path`` if it exists.
+
+    ``pairs``: (t, noise) draws per target token (see :func:`scaled_errors`).
 
     Tasks are drawn on the CPU (deterministic under ``cfg.seed`` and the rank) and moved
     to ``device``. ``callback(step, model)`` runs on rank 0 every ``checkpoint_every``
@@ -125,7 +138,7 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
         d, n = curriculum(step, cfg, model.max_features)
         batch = sample_tasks(prior, cfg.batch_size, n, model.max_features, g,
                              min(cfg.min_features, d), d, cfg.max_context).to(device)
-        loss = diffusion_loss(net, schedule, batch, prediction_type, g, cfg.huber_delta)
+        loss = diffusion_loss(net, schedule, batch, prediction_type, g, cfg.huber_delta, pairs)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; "
                                      "lower learning_rate or check the prior")

@@ -1,0 +1,174 @@
+"""Encoder + diffusion head: the transformer runs once per query, a small MLP per sample.
+
+:class:`HeadDenoiser` reads the same tokens as :class:`~skdiffusion.denoiser.SetDenoiser`
+(context tokens carry clean y; each query token carries its x and the in-context ridge
+features, but no y_t and no t) under the same attention rules (context sees context, a
+query sees the context and itself, every position id 0). The transformer returns one
+embedding h per query. A per-token diffusion head in the style of MAR (Li et al. 2024,
+"Autoregressive Image Generation without Vector Quantization") maps (h, y_t, t) to the
+prediction: residual MLP blocks whose LayerNorm shift, scale and gate come from
+h + embed(t) (adaptive layer norm, zero-initialized so that every block starts as the
+identity; RMS norms in place of MAR's LayerNorms, which cost twice as much here).
+
+As in the set denoiser, the head corrects the exact Gaussian denoiser of the in-context
+linear baseline: prediction = baseline + residual scale x head output, the head's last
+layer zero-initialized. The head sees y_t and its standardized deviation from the
+baseline's marginal, (y_t - sqrt(abar_t) m) / sqrt(abar_t s^2 + 1 - abar_t), so its
+inputs are on the unit scale whatever the context.
+
+Cost: sampling runs the transformer once per query and then only the head for each of
+samples x steps; training runs the transformer once per task and the head on
+``pairs`` (t, noise) draws per token.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .denoiser import (SetDenoiser, attention_mask, baseline_moments, gaussian_denoiser,
+                       gaussian_residual_scale, mlp, ridge_features, sinusoidal_embedding)
+
+TIME_FEATURES = 64
+
+
+def rms_norm(x):
+    return F.rms_norm(x, (x.shape[-1],), eps=1e-6)
+
+
+class AdaLNBlock(nn.Module):
+    """h + gate(c) * MLP(norm(h) * (1 + scale(c)) + shift(c)): MAR's ResBlock, with an
+    RMS norm (half the cost of a LayerNorm on the CPU, where the head's time goes)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.modulation = nn.Linear(width, 3 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, h, c):
+        """``c`` is SiLU of the condition; it broadcasts against ``h`` (e.g. one
+        condition per query for all of its samples)."""
+        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)
+        z = torch.addcmul(shift, rms_norm(h), 1 + scale)
+        return torch.addcmul(h, gate, self.fc2(F.silu(self.fc1(z))))
+
+
+class DiffusionHead(nn.Module):
+    """MLP denoiser (condition, y_t inputs, t) -> one scalar per row, zero at init.
+
+    The condition is SiLU(cond(h) + time(t)); cond(h) is computed once per query
+    (:meth:`project`) and time(t) once per step (:meth:`time_embedding`)."""
+
+    def __init__(self, cond_dim, width=64, depth=2, n_inputs=2):
+        super().__init__()
+        self.cond = nn.Linear(cond_dim, width)
+        self.time = mlp(TIME_FEATURES, width, width)
+        self.read_in = nn.Linear(n_inputs, width)
+        self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(depth))
+        self.final_modulation = nn.Linear(width, 2 * width)
+        self.read_out = nn.Linear(width, 1)
+        for layer in (self.final_modulation, self.read_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def project(self, h):
+        return self.cond(h)
+
+    def time_embedding(self, t, dtype):
+        return self.time(sinusoidal_embedding(t, TIME_FEATURES).to(dtype))
+
+    def forward(self, inputs, hc, time):
+        """inputs (..., n_inputs), projected condition ``hc`` and ``time`` embedding
+        broadcastable to it -> (...)."""
+        c = F.silu(hc + time)
+        z = self.read_in(inputs)
+        for block in self.blocks:
+            z = block(z, c)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        return self.read_out(torch.addcmul(shift, rms_norm(z), 1 + scale)).squeeze(-1)
+
+
+class HeadDenoiser(SetDenoiser):
+    """GPT-2 encoder of (context, query x) tokens plus a :class:`DiffusionHead`.
+
+    Parameters are those of :class:`~skdiffusion.denoiser.SetDenoiser` plus the head's
+    ``head_width`` and ``head_depth``. The linear baseline is required (the head learns
+    corrections to it)."""
+
+    per_query_head = True
+
+    def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, abar=None,
+                 prediction_type="v", ridge_penalty="fixed", variance_cap=None,
+                 centred_dof=False, head_width=64, head_depth=2):
+        kw = {} if variance_cap is None else {"variance_cap": variance_cap}
+        super().__init__(max_features, n_layer, n_embd, n_head, True, abar, prediction_type,
+                         True, ridge_penalty, centred_dof=centred_dof, **kw)
+        del self.time_mlp, self.read_out  # the head owns time and the read-out
+        self.head = DiffusionHead(n_embd, head_width, head_depth)
+
+    def _embed(self, x, y, is_context, t, feats):
+        """Token embeddings: clean y on context tokens, no y and no time on queries."""
+        flag = is_context.to(x.dtype)
+        extra = torch.cat([feats[..., :-2], torch.log1p(feats[..., -2:])], -1)
+        return self.read_in(torch.cat([x, (y * flag)[..., None], flag[..., None], extra], -1))
+
+    def moments(self, feats):
+        """Mean and variance (..., 1) of the Gaussian baseline from ridge features
+        (..., 1, L + 2); they depend on the context only, so samplers compute them once."""
+        return baseline_moments(feats, self.leverage_cap, self.variance_cap)
+
+    def denoise(self, hc, moments, y_t, t, time=None, return_scale=False):
+        """Prediction at y_t (..., S) from projected query embeddings ``hc`` (..., 1,
+        head width, see :meth:`DiffusionHead.project`) and the baseline's
+        :meth:`moments`, broadcast over the draws axis; ``t`` is (..., S) or one int step
+        for all, whose ``time`` embedding may be passed precomputed."""
+        m, s2 = moments
+        abar_t = self.abar.to(y_t.dtype)[torch.as_tensor(t, device=y_t.device)]
+        if time is None:
+            time = self.time_embedding(t, y_t)
+        z = (y_t - abar_t.sqrt() * m) / (abar_t * s2 + 1 - abar_t).sqrt()
+        out = self.head(torch.stack([y_t, z], dim=-1), hc, time)
+        scale = gaussian_residual_scale(s2, abar_t, self.prediction_type)
+        pred = scale * out + gaussian_denoiser(m, s2, abar_t, y_t, self.prediction_type)
+        return (pred, scale) if return_scale else pred
+
+    def time_embedding(self, t, like):
+        """The head's time embedding of ``t`` (a tensor, or one int step for all)."""
+        t = t if torch.is_tensor(t) else torch.full((1,), t, device=like.device)
+        return self.head.time_embedding(t, like.dtype)
+
+    def encode(self, x, y, is_context):
+        """Query embeddings (B, N, n_embd) and ridge features (B, N, L + 2) of every
+        token, in one masked pass (training); only target tokens' are meaningful."""
+        feats = ridge_features(x, y, is_context, penalty=self.ridge_penalty,
+                               centred=self.centred_dof)
+        h = self._embed(x, y, is_context, None, feats)
+        position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
+        out = self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
+                            position_ids=position_ids).last_hidden_state
+        return out, feats
+
+    def forward(self, x, y, is_context, y_t, t, return_scale=False):
+        """x (B, N, F); y (B, N) clean (only context entries are read); y_t and t
+        (B, N, S): S noised draws per token -> predictions (B, N, S) at target tokens
+        (the head runs on those only; context entries are 0, their scale 1)."""
+        if x.shape[-1] != self.max_features:
+            raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
+        h, feats = self.encode(x, y * is_context, is_context)
+        target = ~is_context
+        hc = self.head.project(h[target])[:, None]
+        pred, scale = self.denoise(hc, self.moments(feats[target][:, None]), y_t[target],
+                                   t[target], return_scale=True)
+        full_pred = torch.zeros_like(y_t).index_put((target,), pred)
+        full_scale = torch.ones_like(y_t).index_put((target,), scale)
+        return (full_pred, full_scale) if return_scale else full_pred
+
+    @torch.no_grad()
+    def encode_queries(self, cache, x_q):
+        """(h, feats) of queries x_q (B, M, F) against :meth:`encode_context`'s cache."""
+        feats = self.target_features(cache, x_q)
+        is_ctx = torch.zeros(x_q.shape[:2], dtype=torch.bool, device=x_q.device)
+        h = self._embed(x_q, torch.zeros(x_q.shape[:2], dtype=x_q.dtype, device=x_q.device),
+                        is_ctx, None, feats)
+        return self._attend_cached(cache, h), feats

@@ -1,0 +1,108 @@
+"""The encoder + diffusion-head denoiser: the set denoiser's invariances, its cached
+sampling path, and float32 results that do not depend on the other queries."""
+
+import pytest
+import torch
+
+from skdiffusion.denoiser import pad_features
+from skdiffusion.diffusion import NoiseSchedule, draw_noise
+from skdiffusion.head import HeadDenoiser
+from skdiffusion.inference import QUERY_CHUNK, sample_standardized
+
+F, K, M, S = 6, 7, 5, 3
+SCHEDULE = NoiseSchedule(50)
+
+
+def make_model(dtype=torch.float64):
+    torch.manual_seed(0)
+    m = HeadDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2, abar=SCHEDULE.abar,
+                     head_width=16, head_depth=2).eval()
+    for p in m.head.parameters():  # the head starts at zero; make its part count
+        torch.nn.init.normal_(p, std=0.3)
+    return m.to(dtype)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+def task(seed, k=K, m=M, d=4):
+    g = torch.Generator().manual_seed(seed)
+    x = pad_features(torch.randn(k + m, d, generator=g, dtype=torch.float64), F)
+    y = torch.randn(k + m, generator=g, dtype=torch.float64)
+    y_t = torch.randn(k + m, S, generator=g, dtype=torch.float64)
+    return x, y, torch.arange(k + m) < k, y_t, torch.randint(1, 51, (k + m, S), generator=g)
+
+
+def forward(model, x, y, c, y_t, t):
+    return model(x[None], y[None], c[None], y_t[None], t[None])[0]
+
+
+@torch.no_grad()
+def test_untrained_head_is_the_gaussian_baseline():
+    """Zero-initialized read-out: the untrained model is the exact Gaussian denoiser of
+    the linear baseline, whatever the encoder computes."""
+    m = HeadDenoiser(max_features=F, n_layer=1, n_embd=16, n_head=2, abar=SCHEDULE.abar).double()
+    x, y, c, y_t, t = task(0)
+    from skdiffusion.denoiser import gaussian_baseline, ridge_features
+    feats = ridge_features(x[None], y[None] * c[None], c[None])[0]
+    expected = gaussian_baseline(feats[:, None], m.abar[t], y_t, "v", m.leverage_cap,
+                                 m.variance_cap)
+    torch.testing.assert_close(forward(m, x, y, c, y_t, t)[K:], expected[K:], rtol=0, atol=1e-12)
+
+
+@torch.no_grad()
+def test_target_independent_of_other_targets_and_of_target_y(model):
+    x, y, c, y_t, t = task(1)
+    full = forward(model, x, y, c, y_t, t)[K:]
+    for j in range(M):
+        keep = torch.cat([torch.arange(K), torch.tensor([K + j])])
+        alone = forward(model, x[keep], y[keep], c[keep], y_t[keep], t[keep])[-1]
+        torch.testing.assert_close(alone, full[j], rtol=0, atol=1e-10)
+    y_other = y.clone()
+    y_other[K:] += 100.0  # targets' clean y never reach the model
+    torch.testing.assert_close(forward(model, x, y_other, c, y_t, t)[K:], full, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_output_invariant_to_context_permutation(model):
+    x, y, c, y_t, t = task(2)
+    full = forward(model, x, y, c, y_t, t)[K:]
+    perm = torch.cat([torch.randperm(K, generator=torch.Generator().manual_seed(3)),
+                      torch.arange(K, K + M)])
+    torch.testing.assert_close(forward(model, x[perm], y[perm], c[perm], y_t[perm], t[perm])[K:],
+                               full, rtol=0, atol=1e-10)
+    y2 = y.clone()
+    y2[0] += 1.0
+    assert not torch.allclose(forward(model, x, y2, c, y_t, t)[K:], full)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("k", [0, 1, K])
+def test_cached_sampling_path_equals_full_forward(model, k):
+    x, y, c, y_t, _ = task(4, k=k)
+    full = forward(model, x, y, c, y_t, torch.full_like(y_t, 17, dtype=torch.long))[k:]
+    cache = model.encode_context(x[None, :k], y[None, :k])
+    h, feats = model.encode_queries(cache, x[None, k:])
+    cached = model.denoise(model.head.project(h)[:, :, None], model.moments(feats[:, :, None]),
+                           y_t[None, k:], 17)[0]
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-10)
+
+
+@torch.no_grad()
+def test_float32_samples_do_not_depend_on_the_other_queries():
+    """Fixed-size query chunks: a query's float32 samples are bit-identical alone, among
+    others, in another order and past a chunk boundary."""
+    model = make_model(torch.float32)
+    g = torch.Generator().manual_seed(5)
+    m = QUERY_CHUNK + 9
+    x_ctx, y_ctx = torch.randn(1, 20, F, generator=g), torch.randn(1, 20, generator=g)
+    x_q = torch.randn(1, m, F, generator=g)
+    noise = draw_noise(11, (1, m, 4), g)
+    full = sample_standardized(model, SCHEDULE, x_ctx, y_ctx, x_q, noise, "ddpm", 10)
+    assert full.shape == (1, m, 4) and torch.isfinite(full).all()
+    for rows in ([3], [m - 1, 0, QUERY_CHUNK], list(range(m))[::-1]):
+        part = sample_standardized(model, SCHEDULE, x_ctx, y_ctx, x_q[:, rows], noise[:, :, rows],
+                                   "ddpm", 10)
+        torch.testing.assert_close(part, full[:, rows], rtol=0, atol=0)
