@@ -1,19 +1,31 @@
-"""Wall time of fit and predict with the shipped default model on this machine.
+"""Wall time of fit and predict on this machine, for the set and the head architecture.
 
-    python benchmarks/speed.py
+    python benchmarks/speed.py                      # head: an untrained head model
+    python benchmarks/speed.py --head runs/eq/head  # head: a trained model directory
+
+Times (median of ``--repeat`` calls, at 1 and 2 torch threads): fit on diabetes, predict
+all 442 diabetes rows with a 353-row context (the default 24 samples x 20 DDPM steps),
+and 100 queries with a 20-row context and 64 samples. Timing does not depend on the
+weights, so an untrained head model (``ModelConfig(architecture="head")``, saved to a
+temporary directory) times the head architecture when no trained one is given.
 """
 
+import argparse
+import tempfile
 import time
 
 import numpy as np
 import torch
 from sklearn.datasets import load_diabetes
 
-from skdiffusion import DiffusionICLRegressor
+from skdiffusion import DiffusionICLRegressor, ModelConfig
+from skdiffusion.checkpoint import save_model
+from skdiffusion.pretrained import build
 
 
-def timed(fn, repeat=3):
-    """Median wall time of ``repeat`` calls."""
+def timed(fn, repeat):
+    """Median wall time of ``repeat`` calls (after one warm-up call)."""
+    fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -22,29 +34,45 @@ def timed(fn, repeat=3):
     return float(np.median(times))
 
 
-def main():
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+def untrained_head(directory):
+    spec = ModelConfig(architecture="head").spec()
+    save_model(directory, build(spec)[0], spec, {"steps": 0})
+    return directory
+
+
+def rows_for(model, repeat):
     X, y = load_diabetes(return_X_y=True)
-    default = DiffusionICLRegressor()
-    settings = f"DDPM-{default.n_sampling_steps}, {default.n_samples} antithetic samples"
-    default.fit(X, y)  # load the shipped weights once (process cache)
-    rows = [("fit 442 x 10 (default, no training)",
-             timed(lambda: DiffusionICLRegressor().fit(X, y)))]
     rng = np.random.default_rng(0)
     Xc, yc, Xq = rng.standard_normal((20, 5)), rng.standard_normal(20), rng.standard_normal((100, 5))
-    for label, kw in [(f"defaults ({settings})", {}),
-                      ("DDPM-50, 64 independent samples (the previous defaults)",
-                       dict(n_sampling_steps=50, n_samples=64, antithetic=False)),
-                      ("DDIM-25, 64 samples", dict(sampler="ddim", n_sampling_steps=25, n_samples=64))]:
-        reg = DiffusionICLRegressor(random_state=0, **kw).fit(Xc, yc)
-        rows.append((f"predict 100 queries, 20 context, {label}",
-                     timed(lambda: reg.predict(Xq))))
-    reg = DiffusionICLRegressor(random_state=0).fit(X, y)
-    rows.append((f"predict 442 diabetes queries, 442 context, defaults ({settings})",
-                 timed(lambda: reg.predict(X))))
-    print("| operation | median of 3, seconds |\n|---|---|")
-    for label, sec in rows:
-        print(f"| {label} | {sec:.2f} |")
+    reg = DiffusionICLRegressor(model, random_state=0)
+    fit = timed(lambda: DiffusionICLRegressor(model).fit(X, y), repeat)
+    reg.fit(X[:353], y[:353])
+    diabetes = timed(lambda: reg.predict(X), repeat)
+    small = DiffusionICLRegressor(model, random_state=0, n_samples=64).fit(Xc, yc)
+    return fit, diabetes, timed(lambda: small.predict(Xq), repeat)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--head", help="trained head model directory (default: an untrained one)")
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        head = args.head or untrained_head(tmp)
+        models = {"set (shipped default)": "default",
+                  f"head ({'untrained' if args.head is None else args.head})": head}
+        print(f"torch {torch.__version__}; median of {args.repeat}; defaults: "
+              f"{DiffusionICLRegressor().n_samples} antithetic samples x "
+              f"{DiffusionICLRegressor().n_sampling_steps} DDPM steps\n")
+        print("| architecture | torch threads | fit diabetes (442 x 10), s | predict 442 diabetes "
+              "queries, 353-row context, s | predict 100 queries, 20 context, 64 samples, s |")
+        print("|---|---|---|---|---|")
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for label, model in models.items():
+                fit, diabetes, small = rows_for(model, args.repeat)
+                print(f"| {label} | {threads} | {fit:.3f} | {diabetes:.3f} | {small:.3f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

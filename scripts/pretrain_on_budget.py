@@ -1,17 +1,16 @@
-"""Meta-train one estimator configuration within a wall-clock deadline (e.g. on a lent GPU).
+"""Meta-train one model configuration within a wall-clock deadline (e.g. on a lent GPU).
 
 Times a few optimizer steps of the configuration on this machine, picks the largest step
 count (a multiple of 500) that ends training before ``--deadline`` seconds after start,
-and meta-trains exactly ``DiffusionICLRegressor(**ESTIMATOR, n_train_steps=N).model_spec()``
-(plus ``--spec`` overrides) with :func:`skdiffusion.pretrained.pretrain`. Weights are
-snapshotted at a few steps for a learning curve. Once the chosen settings are the
-estimator's defaults, ``python -m skdiffusion pretrain --default`` reproduces the spec on
-any machine (the weights only up to floating-point non-determinism). ``--steps N`` skips
-the timing and trains N steps (e.g. on a CPU, across sessions: a rerun resumes from the
-checkpoint that ``--checkpoint-every`` sets how often to write).
+and meta-trains exactly ``ModelConfig(**CONFIG, n_train_steps=N).spec()`` (plus
+``--spec`` overrides) with :func:`skdiffusion.pretrained.pretrain`. Weights are
+snapshotted at a few steps (with the seconds since start) for a learning curve.
+``--steps N`` skips the timing and trains N steps (e.g. on a CPU, across sessions: a
+rerun resumes from the checkpoint that ``--checkpoint-every`` sets how often to write).
+The result is a model directory: ``DiffusionICLRegressor(model=OUT)`` uses it.
 
-    python scripts/pretrain_on_budget.py --out runs/gpu/evidence --deadline 390 \\
-        --estimator '{"batch_size": 512, "learning_rate": 1e-3}' --spec '{"ridge_penalty": "evidence"}'
+    python scripts/pretrain_on_budget.py --out runs/gpu/head --deadline 470 \
+        --config '{"architecture": "head", "batch_size": 512}'
 """
 
 import argparse
@@ -24,29 +23,16 @@ import time
 import torch
 
 from skdiffusion.checkpoint import save_model
-from skdiffusion.estimator import DiffusionICLRegressor
-from skdiffusion.pretrained import _prior, build, pretrain
-from skdiffusion.training import TrainConfig, train
+from skdiffusion.config import ModelConfig
+from skdiffusion.pretrained import pretrain, seconds_per_step
 
-SNAPSHOTS = (1000, 2000, 4000, 8000, 16000, 32000)
+SNAPSHOTS = (500, 1000, 1500, 2000, 4000, 8000, 16000, 32000)
 
 
-def make(estimator_kw, overrides, n_steps):
-    spec = DiffusionICLRegressor(**estimator_kw, n_train_steps=n_steps).model_spec()
+def make(config_kw, overrides, n_steps):
+    spec = ModelConfig(**{**config_kw, "n_train_steps": n_steps}).spec()
     spec.update(overrides)
     return json.loads(json.dumps(spec))
-
-
-def seconds_per_step(spec, device, n=30, warmup=10):
-    """Mean wall time of one optimizer step (after ``warmup`` steps)."""
-    def run(steps):
-        model, schedule = build(spec)
-        cfg = TrainConfig(**{**spec["train"], "n_steps": steps, "warmup_steps": 1})
-        t0 = time.perf_counter()
-        train(model, schedule, _prior(spec), cfg, spec["prediction_type"], verbose=0, device=device)
-        return time.perf_counter() - t0
-    run(warmup)
-    return run(n) / n
 
 
 def main():
@@ -56,26 +42,27 @@ def main():
     p.add_argument("--deadline", type=float, help="seconds after start")
     p.add_argument("--steps", type=int, help="train this many steps instead (no timing)")
     p.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
-    p.add_argument("--estimator", default="{}", help="JSON of DiffusionICLRegressor kwargs")
+    p.add_argument("--config", default="{}", help="JSON of ModelConfig kwargs")
     p.add_argument("--spec", default="{}", help="JSON of spec fields to override")
     args = p.parse_args()
     if (args.deadline is None) == (args.steps is None):
         p.error("give exactly one of --deadline and --steps")
-    est_kw, overrides = json.loads(args.estimator), json.loads(args.spec)
+    config_kw, overrides = json.loads(args.config), json.loads(args.spec)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n_steps, note = args.steps, ""
     if n_steps is None:
-        per_step = seconds_per_step(make(est_kw, overrides, 10_000), device)
+        per_step = seconds_per_step(make(config_kw, overrides, 10_000), device, n=30, warmup=10)
         budget = args.deadline - (time.time() - start) - 15  # 15 s to save
         n_steps = max(500, int(budget / per_step) // 500 * 500)
         note = f"  # chose n_train_steps={n_steps} at {per_step * 1000:.1f} ms/step on {device}"
         print(f"{device}: {per_step * 1000:.1f} ms/step, {budget:.0f} s left -> {n_steps} steps",
               flush=True)
-    spec = make(est_kw, overrides, n_steps)
+    spec = make(config_kw, overrides, n_steps)
 
     def snapshot(step, model):
         if step in SNAPSHOTS:
-            save_model(os.path.join(args.out, "snapshots", str(step)), model, spec, {"steps": step})
+            save_model(os.path.join(args.out, "snapshots", str(step)), model, spec,
+                       {"steps": step, "seconds": round(time.time() - start, 1)})
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv) + note
     pretrain(spec, args.out, verbose=1, callback=snapshot, command=command, device=device,

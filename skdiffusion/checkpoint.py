@@ -38,12 +38,28 @@ def save_training_state(path, model, optimizer, generator, step, history):
     _atomic(path, lambda p: torch.save(state, open(p, "wb")))
 
 
+def _read_training_state(path):
+    """The dict of a :func:`save_training_state` file (tensors and plain values only:
+    never unpickles code), with a clear error if it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, EOFError, RuntimeError on a bad zip...
+        raise ValueError(f"cannot read the training checkpoint {path} (truncated, corrupted "
+                         f"or not written by skdiffusion: {type(e).__name__}); delete it to "
+                         f"train from the start") from None
+
+
+def training_state_step(path):
+    """The step a training checkpoint reached (0 when there is none)."""
+    return int(_read_training_state(path)["step"]) if os.path.exists(path) else 0
+
+
 def load_training_state(path, model, optimizer, generator, rank=0):
     """Restore a :func:`save_training_state` file; returns (step, history).
 
     Rank 0 restores its task generator exactly; other ranks reseed from the step.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_training_state(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if rank == 0:
@@ -88,5 +104,8 @@ def load_weights(directory, model):
         if tensor.shape != expected[name].shape:
             raise ValueError(f"weights {path}: {name} has shape {tuple(tensor.shape)}, "
                              f"model expects {tuple(expected[name].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"weights {path}: {name} holds NaN or infinite values; the file "
+                             f"is damaged (delete it, or retrain)")
     model.load_state_dict(tensors)
     return model

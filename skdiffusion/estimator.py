@@ -6,6 +6,7 @@ trained-model cache in ``pretrained``.
 """
 
 import copy
+import os
 import weakref
 import zlib
 from numbers import Integral, Real
@@ -18,11 +19,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
-from .denoiser import VARIANCE_CAP
-from .diffusion import PREDICTION_TYPES, SCHEDULES, NoiseSchedule, draw_noise, n_noise_draws
-from .inference import sample_standardized
-from .pretrained import build, get_denoiser, make_spec
-from .priors import PRIORS
+from .checkpoint import CONFIG, read_config
+from .config import ModelConfig, pretrain_command
+from .diffusion import NoiseSchedule, draw_noise, n_noise_draws
+from .inference import sample_context_parts
+from .pretrained import build, get_denoiser, load_directory
 
 _RUNTIME = weakref.WeakKeyDictionary()  # denoiser -> {device: float64 copy}
 
@@ -30,84 +31,48 @@ _RUNTIME = weakref.WeakKeyDictionary()  # denoiser -> {device: float64 copy}
 class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     """In-context regression with a meta-trained conditional diffusion model.
 
-    A GPT-2 denoiser, meta-trained once on synthetic regression tasks drawn from
-    ``prior``, reads the training data as its context and draws samples of y at each
-    query point by running a Gaussian diffusion (DDPM or DDIM) chain backwards.
-    ``predict`` returns the mean of those samples; ``sample`` and
-    ``predict_quantiles`` expose the predictive distribution itself.
-
-    Meta-training depends only on the configuration (prior, architecture, diffusion
-    and training settings), never on the data passed to ``fit``. The trained denoiser
-    is cached under a hash of that configuration, in memory and on disk in
-    ``$SKDIFFUSION_CACHE`` (default ``~/.cache/skdiffusion``), so ``fit`` trains only
-    the first time a configuration is used; afterwards it only stores the context.
+    A GPT-2 denoiser, meta-trained once on synthetic regression tasks, reads the training
+    data as its context and draws samples of y at each query point by running a Gaussian
+    diffusion (DDPM or DDIM) chain backwards. ``predict`` returns the mean of those
+    samples; ``sample`` and ``predict_quantiles`` expose the predictive distribution
+    itself. ``fit`` trains nothing: it stores the (standardized) context.
 
     Parameters
     ----------
-    prior : str, tuple or dict, default=("noisy_linear", {"noise_range": (0.01, 5.0)})
-        Task prior used for meta-training: a family name (``"linear"``,
-        ``"noisy_linear"``, ``"sparse_linear"``, ``"relu_net"``, ``"decision_tree"``),
-        ``(name, kwargs)``, or ``{"mixture": [(spec, weight), ...]}``. The default
-        (noise std log-uniform from 0.01 to 5, for d <= 10 signals of variance d)
-        spans nearly noiseless to mostly-noise tasks.
-    max_features : int, default=10
-        Largest number of features the denoiser accepts. Data with more features
-        raises a ``ValueError``; reduce it first, e.g. with
-        ``make_pipeline(PCA(n_components=10), DiffusionICLRegressor())``.
-    max_context : int, default=128
-        Largest context the denoiser was trained on. A larger context is split into
-        random disjoint subsets of at most ``max_context`` rows; each subset draws
-        its share of the samples and the samples are pooled.
-    n_layer, n_embd, n_head : int, default=4, 96, 4
-        Size of the GPT-2 backbone.
-    timesteps : int, default=50
-        Diffusion steps T (10 to 1000).
-    schedule : {"cosine", "linear"}, default="cosine"
-        Noise schedule; both end with abar_T < 1e-3 for every T.
-    prediction_type : {"v", "epsilon", "sample"}, default="v"
-        What the network predicts.
-    n_train_steps : int, default=5500
-        Meta-training optimizer steps (only run on a cache miss; the default
-        configuration ships trained, by 4 minutes on one GPU).
-    batch_size : int, default=512
-        Tasks per meta-training step.
-    learning_rate : float, default=1e-3
-        Peak AdamW learning rate of meta-training.
-    variance_cap : float, default=10.0
-        Largest variance (standardized units of y) of the in-context linear baseline
-        that the denoiser corrects. Queries far from a small context can have a larger
-        predictive variance than the cap allows (``benchmarks/results/acceptance.md``).
-    centred_dof : bool, default=False
-        Give the linear baseline the degree of freedom and the leverage (1 / k) of the
-        intercept that standardizing the context has already fitted. Off in the shipped
-        model; on, it selects a separately trained denoiser.
-    sampler : {"ddpm", "ddim"}, default="ddpm"
-        Reverse chain: ancestral DDPM (calibrated) or DDIM (deterministic for
-        ``eta=0``; under-disperses with few steps, see the benchmarks).
-    n_sampling_steps : int, default=20
-        Steps of the reverse chain, capped at ``timesteps``. DDPM with fewer steps than
-        ``timesteps`` strides over the schedule, more finely near the end
-        (:func:`~skdiffusion.diffusion.ddpm_timesteps`). Cost is proportional to steps x
-        ``n_samples`` x queries; 20 steps predict and cover as well as all 50 of the
-        default schedule (``benchmarks/results/sampling_budget.md``).
-    eta : float, default=0.0
-        DDIM stochasticity in [0, 1].
+    model : "default", str or ModelConfig, default="default"
+        The meta-trained model: ``"default"`` (the shipped weights), the path of a model
+        directory written by ``python -m skdiffusion pretrain`` (``config.json`` and
+        ``model.safetensors``), or a :class:`~skdiffusion.ModelConfig`, whose trained
+        denoiser is looked up in the cache ``$SKDIFFUSION_CACHE`` (default
+        ``~/.cache/skdiffusion``) under a hash of the configuration.
     n_samples : int, default=24
         Samples per query used by ``predict`` and ``predict_quantiles``.
+    n_sampling_steps : int, default=20
+        Steps of the reverse chain, capped at the model's timesteps. Cost is
+        proportional to steps x ``n_samples`` x queries.
+    sampler : {"ddpm", "ddim"}, default="ddpm"
+        Reverse chain: ancestral DDPM (calibrated) or DDIM (deterministic for
+        ``eta=0``; under-disperses with few steps).
+    eta : float, default=0.0
+        DDIM stochasticity in [0, 1].
     antithetic : bool, default=True
-        Draw the sampling noise in pairs (e, -e). Every sample is still an exact draw,
-        but the mean of a pair cancels the part of the samples that is linear in the
-        noise, so ``predict`` has far less Monte Carlo error than with independent
-        samples (24 antithetic samples predict about as well as 64 independent ones).
-        Set to False for independent samples.
+        Draw the sampling noise in pairs (e, -e): every sample is still an exact draw,
+        and the mean of a pair cancels the part of the samples linear in the noise, so
+        ``predict`` has far less Monte Carlo error than with independent samples.
     device : {"auto", "cpu", "cuda"}, default="auto"
         Where sampling runs; ``"auto"`` uses CUDA when available.
+    allow_training : bool, default=False
+        What ``fit`` does when a ``ModelConfig`` has no trained model in the cache:
+        ``False`` times a few training steps and raises a ``ValueError`` with the
+        estimate and the command that trains it; ``True`` meta-trains it inside ``fit``
+        (progress bar with ETA, a resumable checkpoint every couple of minutes). The
+        environment variable ``SKDIFFUSION_ALLOW_TRAINING=1`` also allows it.
     random_state : int, RandomState instance or None, default=None
-        Seeds the sampling noise (and the choice of context subsets). Each query's
-        noise is derived from ``random_state`` and that query's values alone, so a
-        prediction does not depend on the other queries in the same call.
+        Seeds the sampling noise (and the choice of context subsets). Each query's noise
+        is derived from ``random_state`` and that query's values alone, so a prediction
+        does not depend on the other queries in the same call.
     verbose : int, default=0
-        Progress bars for meta-training and sampling when > 0.
+        Progress bars for sampling when > 0.
 
     Attributes
     ----------
@@ -120,9 +85,9 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     x_scaler_, y_scaler_ : StandardScaler
         Scalers fitted on the training data.
     model_spec_ : dict
-        The full meta-training configuration; its hash is the cache key.
+        The full meta-training configuration of the model; its hash is the cache key.
     denoiser_ : torch.nn.Module
-        The meta-trained denoiser (CPU, float32).
+        This estimator's own copy of the meta-trained denoiser (CPU, float32).
 
     Examples
     --------
@@ -136,93 +101,67 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "prior": [str, tuple, list, dict],
-        "max_features": [Interval(Integral, 1, None, closed="left")],
-        "max_context": [Interval(Integral, 1, None, closed="left")],
-        "n_layer": [Interval(Integral, 1, None, closed="left")],
-        "n_embd": [Interval(Integral, 2, None, closed="left")],
-        "n_head": [Interval(Integral, 1, None, closed="left")],
-        "timesteps": [Interval(Integral, 10, 1000, closed="both")],
-        "schedule": [StrOptions(set(SCHEDULES))],
-        "prediction_type": [StrOptions(set(PREDICTION_TYPES))],
-        "n_train_steps": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "variance_cap": [Interval(Real, 0, None, closed="neither")],
-        "centred_dof": ["boolean"],
-        "sampler": [StrOptions({"ddpm", "ddim"})],
-        "n_sampling_steps": [Interval(Integral, 1, None, closed="left")],
-        "eta": [Interval(Real, 0, 1, closed="both")],
+        "model": [str, ModelConfig],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_sampling_steps": [Interval(Integral, 1, None, closed="left")],
+        "sampler": [StrOptions({"ddpm", "ddim"})],
+        "eta": [Interval(Real, 0, 1, closed="both")],
         "antithetic": ["boolean"],
         "device": [StrOptions({"auto", "cpu", "cuda"})],
+        "allow_training": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
-    def __init__(self, *, prior=("noisy_linear", {"noise_range": (0.01, 5.0)}), max_features=10,
-                 max_context=128, n_layer=4, n_embd=96, n_head=4, timesteps=50,
-                 schedule="cosine", prediction_type="v", n_train_steps=5500, batch_size=512,
-                 learning_rate=1e-3, variance_cap=VARIANCE_CAP, centred_dof=False,
-                 sampler="ddpm", n_sampling_steps=20, eta=0.0, n_samples=24, antithetic=True,
-                 device="auto", random_state=None, verbose=0):
-        self.prior = prior
-        self.max_features = max_features
-        self.max_context = max_context
-        self.n_layer = n_layer
-        self.n_embd = n_embd
-        self.n_head = n_head
-        self.timesteps = timesteps
-        self.schedule = schedule
-        self.prediction_type = prediction_type
-        self.n_train_steps = n_train_steps
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.variance_cap = variance_cap
-        self.centred_dof = centred_dof
-        self.sampler = sampler
-        self.n_sampling_steps = n_sampling_steps
-        self.eta = eta
+    def __init__(self, model="default", *, n_samples=24, n_sampling_steps=20, sampler="ddpm",
+                 eta=0.0, antithetic=True, device="auto", allow_training=False,
+                 random_state=None, verbose=0):
+        self.model = model
         self.n_samples = n_samples
+        self.n_sampling_steps = n_sampling_steps
+        self.sampler = sampler
+        self.eta = eta
         self.antithetic = antithetic
         self.device = device
+        self.allow_training = allow_training
         self.random_state = random_state
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fitting
     def model_spec(self):
-        """The denoiser configuration these parameters select.
-
-        ``fit`` loads the denoiser stored under ``pretrained.spec_key(model_spec())``: the
-        shipped weights for the default configuration, else the cache, else it meta-trains
-        one. Only the model and training parameters enter; sampling parameters do not.
+        """The denoiser configuration ``model`` selects.
 
         Returns
         -------
         spec : dict
-            JSON-serializable task prior, architecture, diffusion and training settings.
+            JSON-serializable task prior, architecture, diffusion and training settings;
+            ``pretrained.spec_key(spec)`` is the cache key. Sampling parameters do not
+            enter it.
         """
         self._validate_params()
-        name = self.prior if isinstance(self.prior, str) else None
-        if name is not None and name not in PRIORS:
-            raise ValueError(f"prior must be one of {sorted(PRIORS)}, a (name, kwargs) pair "
-                             f"or a mixture dict; got {self.prior!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        train = dict(n_steps=self.n_train_steps, batch_size=self.batch_size,
-                     learning_rate=self.learning_rate,
-                     warmup_steps=max(1, min(500, self.n_train_steps // 10)),
-                     n_points=self.max_context + 16, max_context=self.max_context)
-        return make_spec(self.prior, self.max_features, self.n_layer, self.n_embd, self.n_head,
-                         self.timesteps, self.schedule, self.prediction_type, train=train,
-                         variance_cap=self.variance_cap, centred_dof=self.centred_dof)
+        if isinstance(self.model, ModelConfig):
+            return self.model.spec()
+        if self.model == "default":
+            return ModelConfig().spec()
+        if os.path.isfile(os.path.join(self.model, CONFIG)):
+            return read_config(self.model)["config"]
+        raise ValueError(f"model must be 'default', a trained-model directory (with {CONFIG}) "
+                         f"or a ModelConfig; got {self.model!r}")
+
+    def _load_denoiser(self, spec):
+        """(shared denoiser, schedule) for ``spec``: a directory's, or the cache's."""
+        if isinstance(self.model, str) and self.model != "default":
+            return load_directory(self.model)
+        config = self.model if isinstance(self.model, ModelConfig) else ModelConfig()
+        return get_denoiser(spec, self.verbose, self.allow_training, pretrain_command(config))
 
     def _check_n_features(self, n_features):
-        if n_features > self.max_features:
+        limit = self.model_spec_["max_features"]
+        if n_features > limit:
             raise ValueError(
                 f"X has {n_features} features but this model accepts at most "
-                f"max_features={self.max_features}. Reduce the features first, e.g. "
-                f"make_pipeline(PCA(n_components={self.max_features}), DiffusionICLRegressor()), "
+                f"max_features={limit}. Reduce the features first, e.g. "
+                f"make_pipeline(PCA(n_components={limit}), DiffusionICLRegressor()), "
                 f"or use a model with a larger max_features.")
 
     def fit(self, X, y):
@@ -231,7 +170,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training inputs, at most ``max_features`` columns.
+            Training inputs, at most the model's ``max_features`` columns.
         y : array-like of shape (n_samples,)
             Training targets.
 
@@ -242,13 +181,14 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         """
         self._validate_params()
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
-        self._check_n_features(X.shape[1])
+        y = np.asarray(y, dtype=np.float64)  # any real dtype (validate_data keeps y's)
         self.model_spec_ = self.model_spec()
-        self.denoiser_, _ = get_denoiser(self.model_spec_, verbose=self.verbose)
-        self.x_scaler_ = StandardScaler().fit(X)
-        self.y_scaler_ = StandardScaler().fit(y.reshape(-1, 1))
-        self.X_train_ = self.x_scaler_.transform(X)
-        self.y_train_ = self.y_scaler_.transform(y.reshape(-1, 1)).ravel()
+        self._check_n_features(X.shape[1])
+        shared, _ = self._load_denoiser(self.model_spec_)
+        self.denoiser_ = copy.deepcopy(shared)  # its own: changing it changes no other
+        self.x_scaler_, self.X_train_ = _standardize(X)
+        self.y_scaler_, y_train = _standardize(y.reshape(-1, 1))
+        self.y_train_ = y_train.ravel()
         return self
 
     # ---------------------------------------------------------------- sampling
@@ -256,7 +196,7 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         """Standardized (X_query, X_ctx, y_ctx) and the y scaler for this call."""
         if context is None:
             X = validate_data(self, X, reset=False, dtype=np.float64)
-            return self.x_scaler_.transform(X), self.X_train_, self.y_train_, self.y_scaler_
+            return _queries(self.x_scaler_, X), self.X_train_, self.y_train_, self.y_scaler_
         if not (isinstance(context, (tuple, list)) and len(context) == 2):
             raise ValueError("context must be a pair (X_context, y_context)")
         X_ctx, y_ctx = check_X_y(*context, y_numeric=True, dtype=np.float64)
@@ -264,19 +204,23 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         if X.shape[1] != X_ctx.shape[1]:
             raise ValueError(f"X has {X.shape[1]} features but the context has {X_ctx.shape[1]}")
         self._check_n_features(X.shape[1])
-        xs, ys = StandardScaler().fit(X_ctx), StandardScaler().fit(y_ctx.reshape(-1, 1))
-        return xs.transform(X), xs.transform(X_ctx), ys.transform(y_ctx.reshape(-1, 1)).ravel(), ys
+        xs, x_ctx = _standardize(X_ctx)
+        ys, y_std = _standardize(np.asarray(y_ctx, dtype=np.float64).reshape(-1, 1))
+        return _queries(xs, X), x_ctx, y_std.ravel(), ys
 
     def _model(self):
-        """(device, float64 copy of the denoiser on it); float64 makes a query's result
-        independent of how many other queries share its forward pass."""
+        """(device, runtime copy of the denoiser on it). A set denoiser runs in float64,
+        which makes a query's result independent of how many other queries share its
+        forward pass; a head denoiser gets that in float32 from fixed-size query chunks
+        (:func:`~skdiffusion.inference.make_head_denoise_fn`)."""
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
         device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
         device = "cpu" if device == "auto" else device
+        dtype = torch.float32 if getattr(self.denoiser_, "per_query_head", False) else torch.float64
         copies = _RUNTIME.setdefault(self.denoiser_, {})
         if device not in copies:
-            copies[device] = copy.deepcopy(self.denoiser_).double().to(device).eval()
+            copies[device] = copy.deepcopy(self.denoiser_).to(device, dtype).eval()
         return device, copies[device]
 
     def _query_noise(self, X_q, n_samples, n_draws, seed, device):
@@ -298,19 +242,19 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         subsets = self._context_subsets(len(y_ctx), rng)
         per = -(-n_samples // len(subsets))
         device, model = self._model()
+        dtype = next(model.parameters()).dtype
         schedule = NoiseSchedule(self.model_spec_["timesteps"], self.model_spec_["schedule"])
         kw = self.sampler_settings(schedule.timesteps)
         draws = n_noise_draws(schedule, kw["n_steps"])
-        as_t = lambda a: torch.as_tensor(a, device=device)[None]  # noqa: E731 (batch of 1)
-        pooled = []
-        for j, rows in enumerate(subsets):
-            noise = self._query_noise(x_q, per, draws, seed + j, device)
-            s = sample_standardized(
-                model, schedule, as_t(x_ctx[rows]), as_t(y_ctx[rows]), as_t(x_q), noise[:, None],
-                kw["sampler"], kw["n_steps"], kw["eta"],
-                self.model_spec_["prediction_type"], progress=self.verbose > 0)
-            pooled.append(s[0].cpu().numpy())
-        samples = np.stack(pooled, axis=2).reshape(len(x_q), -1)[:, :n_samples]
+        as_t = lambda a: torch.as_tensor(a, device=device, dtype=dtype)[None]  # noqa: E731 (batch of 1)
+        noise = torch.stack([self._query_noise(x_q, per, draws, seed + j, device)
+                             for j in range(len(subsets))], dim=1).to(dtype)
+        s = sample_context_parts(
+            model, schedule, [(as_t(x_ctx[rows]), as_t(y_ctx[rows])) for rows in subsets],
+            as_t(x_q), noise[:, :, None], kw["sampler"], kw["n_steps"], kw["eta"],
+            self.model_spec_["prediction_type"], progress=self.verbose > 0)
+        pooled = s[:, 0].cpu().numpy()  # (n_parts, n_queries, per)
+        samples = pooled.transpose(1, 2, 0).reshape(len(x_q), -1)[:, :n_samples]
         return samples, y_scaler
 
     def sampler_settings(self, timesteps=None):
@@ -338,10 +282,12 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
 
     def _context_subsets(self, k, rng):
         """Row indices of the context parts: all rows, or random disjoint subsets of at
-        most ``max_context`` rows when the context is larger."""
-        if k <= self.max_context:
+        most the model's ``max_context`` rows when the context is larger."""
+        train = self.model_spec_["train"]
+        limit = train.get("max_context") or train["n_points"] - 1
+        if k <= limit:
             return [np.arange(k)]
-        n_parts = -(-k // self.max_context)
+        n_parts = -(-k // limit)
         return np.array_split(rng.permutation(k), n_parts)
 
     def sample(self, X, n_samples=None, context=None, random_state=None):
@@ -368,7 +314,13 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         if not (isinstance(n, Integral) and n >= 1):
             raise ValueError(f"n_samples must be a positive integer, got {n!r}")
         samples, y_scaler = self._sample_scaled(X, int(n), context, random_state)
-        return samples * y_scaler.scale_[0] + y_scaler.mean_[0]
+        with np.errstate(over="ignore"):
+            out = samples * y_scaler.scale_[0] + y_scaler.mean_[0]
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise ValueError(f"the samples of {bad.sum()} queries (rows {np.flatnonzero(bad)[:5]}) "
+                             f"overflow float64 in the units of y (scale {y_scaler.scale_[0]:.3g})")
+        return out
 
     def predict(self, X, context=None, return_std=False):
         """Predict with the mean of ``n_samples`` reverse-chain samples per query.
@@ -428,9 +380,58 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state):
+        state = _upgrade_state(state)
         weights = state.get("denoiser_")
         if isinstance(weights, dict):
             model, _ = build(state["model_spec_"])
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
             state["denoiser_"] = model
         super().__setstate__(state)
+
+
+FAR_QUERY = 1e6  # context standard deviations; no model extrapolates that far
+
+
+def _standardize(A):
+    """(StandardScaler fitted to the columns of A, A standardized), exact at any magnitude:
+    the scaler is fitted on A divided by a power of two per column (which is exact), so
+    its variance neither overflows (|A| ~ 1e155 and above) nor underflows (~1e-154 and
+    below), and its statistics are then scaled back. A constant column keeps scale 1 in
+    those units: a power of two on the scale of the column's values."""
+    _, exponent = np.frexp(np.abs(A).max(axis=0))
+    unit = np.ldexp(1.0, exponent)
+    scaler = StandardScaler().fit(A / unit)
+    scaler.mean_, scaler.scale_ = scaler.mean_ * unit, scaler.scale_ * unit
+    with np.errstate(over="ignore", under="ignore"):  # var_ is informative only
+        scaler.var_ = scaler.var_ * unit**2
+    return scaler, (A - scaler.mean_) / scaler.scale_
+
+
+def _queries(scaler, X):
+    """Standardized queries, with a clear error for any beyond ``FAR_QUERY``."""
+    with np.errstate(over="ignore"):
+        Z = (X - scaler.mean_) / scaler.scale_
+    far = ~(np.abs(Z) <= FAR_QUERY).all(axis=1)
+    if far.any():
+        raise ValueError(f"{far.sum()} queries (rows {np.flatnonzero(far)[:5]}) lie more than "
+                         f"{FAR_QUERY:.0e} context standard deviations from the context's mean "
+                         f"in some feature; no in-context model extrapolates that far")
+    return Z
+
+
+def _upgrade_state(state):
+    """A pickled estimator of the earlier signature (model settings as parameters) with
+    those settings turned into ``model=ModelConfig(...)``, or unchanged."""
+    old = {name: state[name] for name in _OLD_MODEL_PARAMS if name in state}
+    if not old:
+        return state
+    state = {k: v for k, v in state.items() if k not in old}
+    config = ModelConfig(**old)
+    state["model"] = "default" if config == ModelConfig() else config
+    state.setdefault("allow_training", False)
+    return state
+
+
+_OLD_MODEL_PARAMS = ("prior", "max_features", "max_context", "n_layer", "n_embd", "n_head",
+                     "timesteps", "schedule", "prediction_type", "n_train_steps", "batch_size",
+                     "learning_rate", "variance_cap", "centred_dof")

@@ -7,7 +7,7 @@ nothing but memory use.
 
 import torch
 
-from .denoiser import pad_features
+from .denoiser import fit_ridge, pad_features, ridge_features_at
 from .diffusion import draw_noise, n_noise_draws, sample
 from .priors import context_stats
 
@@ -39,6 +39,45 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=4096):
     return denoise
 
 
+QUERY_CHUNK = 64  # queries per head pass; a multiple of every SIMD width
+
+
+def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
+    """Closure ``denoise(y_t, t)`` for a :class:`~skdiffusion.head.HeadDenoiser`.
+
+    ``contexts``: a list of (x_ctx (B, k_j, F), y_ctx (B, k_j)) for the same queries
+    x_q (B, m, F), m a multiple of ``chunk``; y_t has shape (B, len(contexts) * m,
+    n_samples), the queries of each context in turn. The transformer runs once: each
+    context is encoded, then every query against it in chunks of ``chunk``. Each step
+    runs only the head, chunk by chunk, so every query's arithmetic has the same shapes
+    whatever the other queries are: in float32 too, a query's result is bit-for-bit
+    independent of the rest of the call.
+    """
+    if x_q.shape[1] % chunk:
+        raise ValueError(f"{x_q.shape[1]} queries are not a multiple of the chunk {chunk}")
+    parts = []
+    for x_ctx, y_ctx in contexts:
+        cache = model.encode_context(x_ctx, y_ctx)
+        for i in range(0, x_q.shape[1], chunk):
+            h, feats = model.encode_queries(cache, x_q[:, i:i + chunk])
+            parts.append((model.head.project(h)[:, :, None], model.moments(feats[:, :, None])))
+
+    def denoise(y_t, t):
+        time = model.time_embedding(t, y_t)  # once per step
+        return torch.cat([model.denoise(hc, mom, y_t[:, i * chunk:(i + 1) * chunk], t, time)
+                          for i, (hc, mom) in enumerate(parts)], dim=1)
+
+    return denoise
+
+
+def _pad_queries(x_q, noise, axis):
+    """x_q (B, m, F) and noise padded with zeros to a whole number of query chunks."""
+    pad = -x_q.shape[1] % QUERY_CHUNK
+    widths = [0, 0] * (noise.dim() - 1 - axis) + [0, pad]
+    return (torch.nn.functional.pad(x_q, (0, 0, 0, pad)),
+            torch.nn.functional.pad(noise, widths))
+
+
 @torch.no_grad()
 def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm",
                         n_steps=None, eta=0.0, prediction_type="v", variance="beta",
@@ -50,10 +89,63 @@ def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm
     DDPM uses the posterior variance ``variance`` ("beta" is the calibrated default,
     see tests/test_diffusion.py).
     """
-    x_ctx, x_q = pad_features(x_ctx, model.max_features), pad_features(x_q, model.max_features)
-    denoise = make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size)
-    return sample(denoise, schedule, noise, sampler, n_steps, eta, prediction_type, variance,
-                  progress)
+    return sample_context_parts(model, schedule, [(x_ctx, y_ctx)], x_q, noise[:, None],
+                                sampler, n_steps, eta, prediction_type, variance, chunk_size,
+                                progress)[0]
+
+
+@torch.no_grad()
+def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", n_steps=None,
+                         eta=0.0, prediction_type="v", variance="beta", chunk_size=4096,
+                         progress=False):
+    """Samples (n_parts, B, m, n_samples) at x_q (B, m, d) given each of several contexts
+    [(x_ctx (B, k_j, d), y_ctx (B, k_j)), ...] (e.g. the parts of a context too large for
+    the model); ``noise`` has shape (n_draws, n_parts, B, m, n_samples).
+
+    A set denoiser runs one chain per context; a head denoiser encodes every context and
+    runs a single chain for all of them (the same numbers, a third of the calls for
+    three parts).
+    """
+    F = model.max_features
+    contexts = [(pad_features(x, F), y) for x, y in contexts]
+    x_q = pad_features(x_q, F)
+    if not getattr(model, "per_query_head", False):
+        out = torch.stack([
+            sample(make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size), schedule, noise[:, j],
+                   sampler, n_steps, eta, prediction_type, variance, progress)
+            for j, (x_ctx, y_ctx) in enumerate(contexts)])
+    else:
+        m, (n_draws, n_parts, B, _, n_samples) = x_q.shape[1], noise.shape
+        x_q_pad, padded = _pad_queries(x_q, noise, axis=3)
+        flat = padded.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, n_samples)  # parts in turn
+        out = sample(make_head_denoise_fn(model, contexts, x_q_pad), schedule, flat, sampler,
+                     n_steps, eta, prediction_type, variance, progress)
+        out = out.reshape(B, n_parts, -1, n_samples).transpose(0, 1)[:, :, :m]
+    if not model.linear_baseline:
+        return out
+    return torch.stack([linear_fallback(model, x_ctx, y_ctx, x_q, out[j], noise[0, j])
+                        for j, (x_ctx, y_ctx) in enumerate(contexts)])
+
+
+def linear_fallback(model, x_ctx, y_ctx, x_q, samples, z):
+    """``samples`` (B, m, n) with the queries far outside a context that determines every
+    direction (k >= d + 2 and leverage above the model's leverage cap, where the baseline
+    the model corrects shrinks its mean and caps its variance, and meta-training rarely
+    went)
+    replaced by the in-context linear-Gaussian predictive, whose variance grows with the
+    leverage: least-squares mean (ridge at the floor penalty only: far out, a penalty's
+    bias outgrows the interval) + sqrt(residual variance x (1 + leverage)) z, with z the chain's
+    own initial noise (B, m, n), so antithetic pairs stay pairs. Smaller contexts leave
+    every query at a high leverage, and meta-training saw those: they keep the model's
+    answer."""
+    is_ctx = torch.ones(y_ctx.shape, dtype=torch.bool, device=y_ctx.device)
+    fit = fit_ridge(x_ctx, y_ctx, is_ctx, lambdas=(0.0,), centred=model.centred_dof)
+    feats = ridge_features_at(fit, x_q)
+    mean, lev, noise_var = feats[..., :1], feats[..., -2:-1], feats[..., -1:]
+    d = (x_ctx != 0).any(dim=1).sum(-1)                                     # (B,)
+    determined = (y_ctx.shape[1] >= d + 2)[:, None, None]
+    linear = mean + (noise_var * (1 + lev)).sqrt() * z
+    return torch.where(determined & (lev > model.leverage_cap), linear, samples)
 
 
 def standardize_tasks(X_ctx, y_ctx, X_q):

@@ -111,8 +111,41 @@ PRIORS = {
 }
 
 
+PRIOR_FORMS = ("a family name, a (name, kwargs) pair or {'mixture': [(prior, weight), ...]}; "
+               f"families: {sorted(PRIORS)}")
+
+
+def check_prior_spec(spec):
+    """Raise a ``ValueError`` that names the problem unless ``spec`` describes a prior."""
+    if isinstance(spec, str):
+        if spec not in PRIORS:
+            raise ValueError(f"unknown prior {spec!r}; choose from {sorted(PRIORS)}, a "
+                             f"(name, kwargs) pair or a mixture dict")
+    elif isinstance(spec, dict):
+        parts = spec.get("mixture")
+        if set(spec) != {"mixture"} or not isinstance(parts, (list, tuple)) or not parts:
+            raise ValueError(f"a mixture prior is {{'mixture': [(prior, weight), ...]}} with at "
+                             f"least one part; got {spec!r}")
+        for part in parts:
+            if not (isinstance(part, (list, tuple)) and len(part) == 2):
+                raise ValueError(f"each mixture part is a (prior, weight) pair; got {part!r}")
+            weight = part[1]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise ValueError(f"mixture weights must be positive numbers; got {weight!r}")
+            check_prior_spec(part[0])
+    elif isinstance(spec, (list, tuple)) and len(spec) == 2 and isinstance(spec[1], dict):
+        check_prior_spec(spec[0])
+        try:
+            PRIORS[spec[0]](**spec[1])
+        except TypeError as e:
+            raise ValueError(f"bad settings for prior {spec[0]!r}: {e}") from e
+    else:
+        raise ValueError(f"prior must be {PRIOR_FORMS}; got {spec!r}")
+
+
 def make_prior(spec):
     """Build a prior from a name, ``(name, kwargs)``, or ``{"mixture": [(spec, weight), ...]}``."""
+    check_prior_spec(spec)
     if isinstance(spec, str):
         spec = (spec, {})
     if isinstance(spec, dict) and "mixture" in spec:

@@ -7,11 +7,18 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import pytest  # noqa: E402
 
-# A configuration small enough to meta-train in CI in about a minute; every test that
-# uses it shares one trained denoiser through the in-memory cache.
-TINY = dict(max_features=10, max_context=64, n_layer=2, n_embd=32, n_head=2, timesteps=20,
-            n_train_steps=1000, batch_size=32, sampler="ddim", n_sampling_steps=5,
-            n_samples=16)
+from skdiffusion import ModelConfig  # noqa: E402
+
+# A model small enough to meta-train in CI in about a minute; every test that uses it
+# shares one trained denoiser through the in-memory cache.
+TINY_MODEL = dict(max_features=10, max_context=64, n_layer=2, n_embd=32, n_head=2,
+                  timesteps=20, n_train_steps=1000, batch_size=32)
+TINY = dict(model=ModelConfig(**TINY_MODEL), sampler="ddim", n_sampling_steps=5, n_samples=16,
+            allow_training=True)
+# the encoder + diffusion-head architecture, trained briefly (it starts at the baseline)
+TINY_HEAD = dict(TINY, model=ModelConfig(**{**TINY_MODEL, "n_train_steps": 300},
+                                         architecture="head", head_width=16),
+                 sampler="ddpm")
 
 
 def pytest_configure(config):
@@ -21,3 +28,8 @@ def pytest_configure(config):
 @pytest.fixture
 def tiny():
     return dict(TINY)
+
+
+@pytest.fixture
+def tiny_model():
+    return dict(TINY_MODEL)

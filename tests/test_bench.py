@@ -68,11 +68,12 @@ def test_bootstrap_band_brackets_the_mean():
     assert lo < v.mean() < hi and hi - lo < 0.3
 
 
-def test_tiny_report_end_to_end(tmp_path, tiny, monkeypatch):
+def test_tiny_report_end_to_end(tmp_path, tiny, tiny_model, monkeypatch):
     sizes = Sizes(families=("linear", "decision_tree"), ds=(3,), k_grid={3: (0, 5)}, tasks=40,
                   samples=4, variants=("none", "y * 10"), robust_tasks=8, calibration_ks=(4,),
                   calibration_tasks=8, calibration_samples=8, sampler_tasks=8,
                   ddim_steps=(2, 1000), sample_counts=(2,), datasets=("linnerud Pulse",))
+    tiny = {**tiny, "model": tiny_model}  # JSON-able, as the bench CLI takes it
     text = run(tiny, sizes, str(tmp_path), "tiny", log=lambda *a: None)
     for name in ("REPORT.md", "report.json", "curves_linear.png", "curves_decision_tree.png",
                  "robustness.png", "reliability.png", "samplers.png"):

@@ -9,7 +9,9 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skdiffusion import DiffusionICLRegressor, pretrained
+from skdiffusion import DiffusionICLRegressor, ModelConfig, pretrained
+
+from .conftest import TINY_MODEL
 
 
 def linear_data(n=80, d=3, noise=0.1, seed=0, scale=1.0, offset=0.0):
@@ -112,7 +114,7 @@ def test_input_validation(fitted, tiny):
         with pytest.raises(ValueError, match="CUDA"):
             clone(reg).set_params(device="cuda").fit(X, y).predict(X[:2])
     with pytest.raises(ValueError, match="n_embd"):
-        DiffusionICLRegressor(**{**tiny, "n_embd": 30, "n_head": 4}).fit(X, y)
+        DiffusionICLRegressor(ModelConfig(**{**TINY_MODEL, "n_embd": 30, "n_head": 4})).fit(X, y)
 
 
 def test_2d_y_warns_and_is_raveled(tiny):
@@ -186,13 +188,18 @@ def test_default_configuration_ships_trained(monkeypatch):
     assert reg.score(X[30:], y[30:]) > 0.9
 
 
-def test_model_spec_validates_before_anything_is_built():
-    with pytest.raises(ValueError, match="divisible"):
-        DiffusionICLRegressor(n_embd=30, n_head=4).model_spec()
-    with pytest.raises(ValueError, match="prior must be one of"):
-        DiffusionICLRegressor(prior="cubic").model_spec()
-    with pytest.raises(ValueError, match="timesteps"):
-        DiffusionICLRegressor(timesteps=5).model_spec()
+@pytest.mark.parametrize("kw, match", [
+    (dict(n_embd=30, n_head=4), "divisible"), (dict(prior="cubic"), "unknown prior 'cubic'"),
+    (dict(timesteps=5), "timesteps"), (dict(prior={"mixture": 5}), "mixture"),
+    (dict(prior={"mixture": [("linear", -1)]}), "positive"),
+    (dict(prior=("noisy_linear", {"noise": 1})), "bad settings for prior 'noisy_linear'"),
+    (dict(architecture="rnn"), "architecture"), (dict(n_layer=0), "n_layer"),
+    (dict(learning_rate="fast"), "learning_rate")])
+def test_model_spec_validates_before_anything_is_built(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionICLRegressor(ModelConfig(**kw)).model_spec()
+    with pytest.raises(ValueError, match="model must be"):
+        DiffusionICLRegressor("no/such/dir").model_spec()
 
 
 @pytest.mark.parametrize("param, value", [("variance_cap", 50.0), ("centred_dof", True)])
@@ -202,18 +209,19 @@ def test_baseline_settings_reach_the_denoiser(monkeypatch, param, value):
     model's key is unchanged."""
     monkeypatch.setattr(pretrained, "pretrain", lambda spec, *a, **k: pretrained.build(spec))
     X, y = linear_data(n=20, d=2)
-    changed = DiffusionICLRegressor(n_samples=2, **{param: value}).fit(X, y)
+    changed = DiffusionICLRegressor(ModelConfig(**{param: value}), n_samples=2,
+                                    allow_training=True).fit(X, y)
     assert changed.model_spec_[param] == value and getattr(changed.denoiser_, param) == value
     default = DiffusionICLRegressor().fit(X, y)
     assert param not in default.model_spec_
-    assert getattr(default.denoiser_, param) == DiffusionICLRegressor().get_params()[param]
+    assert getattr(default.denoiser_, param) == getattr(ModelConfig(), param)
     assert pretrained.spec_key(changed.model_spec_) != pretrained.spec_key(default.model_spec_)
 
 
 def test_sampler_settings_cap_steps_at_the_models_timesteps(fitted):
     reg, _, _ = fitted  # TINY: DDIM, 5 sampling steps of a 20-step model
     assert reg.sampler_settings() == dict(sampler="ddim", n_steps=5, eta=0.0, antithetic=True)
-    reg.set_params(n_sampling_steps=80, timesteps=30)
+    reg.set_params(n_sampling_steps=80, model=ModelConfig(**{**TINY_MODEL, "timesteps": 30}))
     assert reg.sampler_settings()["n_steps"] == 20  # the fitted model's timesteps
     assert clone(reg).sampler_settings()["n_steps"] == 30  # before fit: the parameter's
     assert reg.sampler_settings(timesteps=100)["n_steps"] == 80
@@ -229,3 +237,76 @@ def test_antithetic_sampling_cuts_monte_carlo_error(tiny):
                  .fit(X[:60], y[:60]).predict(X[60:]) for r in range(6)]
         spread[antithetic] = np.std(preds, axis=0).mean()
     assert spread[True] < 0.5 * spread[False]
+
+
+def test_cache_miss_never_trains_silently(monkeypatch):
+    """Without the opt-in, a configuration with no trained model times a few steps and
+    raises an error with the estimate and the command that trains it; nothing trains."""
+    monkeypatch.delenv(pretrained.TRAINING_ENV, raising=False)
+    monkeypatch.setattr(pretrained, "pretrain", lambda *a, **k: pytest.fail("would train"))
+    X, y = linear_data(n=20, d=2)
+    config = ModelConfig(**{**TINY_MODEL, "n_layer": 1, "n_train_steps": 5000})
+    with pytest.raises(ValueError, match=r"(?s)about [\d.]+ (s|min|h) here \(5000 steps.*"
+                                         r"skdiffusion pretrain --config .*\"n_layer\": 1.*"
+                                         r"allow_training=True"):
+        DiffusionICLRegressor(config).fit(X, y)
+    # a grid search over sampling parameters of a trained model trains nothing either
+    reg = DiffusionICLRegressor(random_state=0).fit(X, y)
+    GridSearchCV(reg, {"n_samples": [2, 4]}, cv=2).fit(X, y)
+
+
+def test_opted_in_training_checkpoints_and_resumes(tmp_path, monkeypatch):
+    """With allow_training the configuration trains inside fit with a progress bar and
+    checkpoints; an interrupted run resumes where it stopped."""
+    monkeypatch.setenv("SKDIFFUSION_CACHE", str(tmp_path))
+    monkeypatch.setattr(pretrained, "CHECKPOINT_SECONDS", 0)  # checkpoint every step
+    config = ModelConfig(max_features=2, max_context=8, n_layer=1, n_embd=8, n_head=2,
+                         timesteps=10, n_train_steps=6, batch_size=4)
+    key = pretrained.spec_key(config.spec())
+    X, y = linear_data(n=20, d=2)
+    real_train = pretrained.train
+
+    def stop_at_3(step, model):
+        if step >= 3:
+            raise KeyboardInterrupt
+
+    def interrupted(*a, **k):  # the real run (not the timing probe) is stopped at step 3
+        return real_train(*a, **{**k, "callback": stop_at_3 if k.get("checkpoint_path") else None})
+
+    monkeypatch.setattr(pretrained, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        DiffusionICLRegressor(config, allow_training=True).fit(X, y)
+    assert pretrained.training_state_step(str(tmp_path / key / "train_state.pt")) == 3
+    monkeypatch.setattr(pretrained, "train", real_train)
+    reg = DiffusionICLRegressor(config, allow_training=True, n_samples=2).fit(X, y)
+    assert reg.predict(X[:3]).shape == (3,) and (tmp_path / key / "model.safetensors").exists()
+
+
+def test_model_directory_and_old_pickles(tmp_path, fitted):
+    """A trained-model directory is a model; an estimator pickled with the earlier
+    signature (model settings as parameters) loads as model=ModelConfig(...)."""
+    reg, X, y = fitted
+    from skdiffusion.checkpoint import save_model
+    save_model(str(tmp_path / "m"), reg.denoiser_, reg.model_spec_)
+    by_dir = DiffusionICLRegressor(str(tmp_path / "m"), **{k: v for k, v in reg.get_params(False).items()
+                                                           if k != "model"}).fit(X[:60], y[:60])
+    np.testing.assert_array_equal(by_dir.predict(X[60:]), reg.predict(X[60:]))
+    state = reg.__getstate__()
+    del state["model"], state["allow_training"]
+    state.update(TINY_MODEL)  # as the earlier signature stored them
+    old = DiffusionICLRegressor.__new__(DiffusionICLRegressor)
+    old.__setstate__(state)
+    assert old.get_params()["model"] == ModelConfig(**TINY_MODEL)
+    np.testing.assert_array_equal(old.predict(X[60:]), reg.predict(X[60:]))
+
+
+def test_shared_weights_cannot_be_changed_through_one_estimator(fitted):
+    reg, X, y = fitted
+    before = reg.predict(X[60:])
+    with torch.no_grad():
+        for p in reg.denoiser_.parameters():
+            p.zero_()
+    other = clone(reg).fit(X[:60], y[:60])
+    np.testing.assert_array_equal(other.predict(X[60:]), before)
+    import pickle
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(other)).predict(X[60:]), before)

@@ -54,10 +54,40 @@ def test_training_is_deterministic_and_learns(tmp_path):
     assert summary["rank_weight_divergence"] == 0.0
 
 
-def test_resume_continues_exactly(tmp_path):
+def head_spec(**train):
+    return dict(spec(**train), architecture="head", head={"width": 16, "depth": 2, "pairs": 3})
+
+
+def test_head_training_is_deterministic_and_learns(tmp_path):
+    """The diffusion head (zero at init: the Gaussian baseline) learns on the prior's
+    tasks, with (t, noise) pairs per token, deterministically under the seed."""
+    s = head_spec(n_steps=150, batch_size=32, learning_rate=3e-3)
+    a, schedule = pretrain(s, str(tmp_path / "a"), verbose=0)
+    b, _ = pretrain(s, str(tmp_path / "b"), verbose=0)
+    assert torch.equal(weights(a), weights(b))
+    untrained, _ = build(s)
+    batch = sample_tasks(make_prior("noisy_linear"), 256, 10, 3, torch.Generator().manual_seed(9))
+
+    def loss(model):
+        with torch.no_grad():
+            return diffusion_loss(model, schedule, batch, "v", torch.Generator().manual_seed(1),
+                                  3.0, pairs=8).item()
+
+    assert loss(a) < 0.97 * loss(untrained)
+
+
+def test_set_denoiser_takes_one_draw_per_token():
+    model, schedule = build(spec())
+    batch = sample_tasks(make_prior("linear"), 2, 10, 3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="one"):
+        diffusion_loss(model, schedule, batch, "v", torch.Generator(), 3.0, pairs=2)
+
+
+@pytest.mark.parametrize("make", [spec, head_spec], ids=["set", "head"])
+def test_resume_continues_exactly(tmp_path, make):
     """A run killed after its step-4 checkpoint and restarted ends where an
     uninterrupted run ends (weights, optimizer, step and RNG state are restored)."""
-    full, _ = pretrain(spec(n_steps=8), str(tmp_path / "full"), verbose=0)
+    full, _ = pretrain(make(n_steps=8), str(tmp_path / "full"), verbose=0)
 
     class Killed(Exception):
         pass
@@ -69,10 +99,10 @@ def test_resume_continues_exactly(tmp_path):
         raise Killed
 
     with pytest.raises(Killed):
-        pretrain(spec(n_steps=8), str(tmp_path / "part"), verbose=0, checkpoint_every=4,
+        pretrain(make(n_steps=8), str(tmp_path / "part"), verbose=0, checkpoint_every=4,
                  callback=kill)
     assert killed_at == [4]
-    resumed, _ = pretrain(spec(n_steps=8), str(tmp_path / "part"), verbose=0)
+    resumed, _ = pretrain(make(n_steps=8), str(tmp_path / "part"), verbose=0)
     torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
 
 
@@ -116,11 +146,11 @@ def test_model_files_round_trip_and_reject_damage(tmp_path):
 
 def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
     out = tmp_path / "ddp"
+    config = dict(max_features=3, max_context=6, n_layer=1, n_embd=16, n_head=2, timesteps=20,
+                  n_train_steps=4, batch_size=4, variance_cap=50, centred_dof=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "skdiffusion", "pretrain", "--out", str(out), "--max-features", "3",
-           "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--timesteps", "20",
-           "--steps", "4", "--batch-size", "4", "--n-points", "10", "--warmup", "2",
-           "--variance-cap", "50", "--centred-dof", "--checkpoint-every", "2"]
+           "-m", "skdiffusion", "pretrain", "--out", str(out), "--config", json.dumps(config),
+           "--checkpoint-every", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     stored = json.load(open(out / "config.json"))
@@ -128,7 +158,7 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
     assert stored["config"]["variance_cap"] == 50.0 and stored["config"]["centred_dof"] is True
     first = weights(load(str(out))[0])
     # more steps from the same directory resume from the 4-step checkpoint
-    cmd[cmd.index("--steps") + 1] = "6"
+    cmd[cmd.index("--config") + 1] = json.dumps(dict(config, n_train_steps=6))
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     summary = json.load(open(out / "config.json"))["summary"]
     assert summary["steps"] == 6 and summary["rank_weight_divergence"] == 0.0
@@ -136,3 +166,28 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
     assert [step for step, _ in summary["loss_history"]] == [4, 6]
     assert summary["loss_history"][-1][1] == summary["final_loss"]
     assert not torch.equal(first, weights(load(str(out))[0]))
+
+
+def test_pretrain_cli_rejects_a_bad_config(capsys):
+    from skdiffusion.__main__ import main
+    assert main(["pretrain", "--config", '{"n_layr": 2}']) == 2
+    assert "n_layr" in capsys.readouterr().err
+    assert main(["pretrain", "--config", '{"prior": {"mixture": 5}}']) == 2
+
+
+def test_damaged_training_checkpoint_is_a_clear_error(tmp_path):
+    """A garbage train_state.pt is named, with no advice to unpickle it unsafely."""
+    (tmp_path / "train_state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read the training checkpoint") as e:
+        pretrain(spec(), str(tmp_path), verbose=0)
+    assert "weights_only" not in str(e.value)
+
+
+def test_non_finite_weights_are_rejected_on_load(tmp_path):
+    s = spec()
+    model, _ = build(s)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    save_model(str(tmp_path), model, s)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load(str(tmp_path))

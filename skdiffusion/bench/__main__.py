@@ -80,7 +80,7 @@ def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progr
             ("robustness", lambda: synthetic.robustness(model, sizes, sizes.variants, d, progress)),
             ("calibration", lambda: synthetic.calibration(model, sizes, d)),
             ("samplers", lambda: synthetic.samplers(model, sizes, d)),
-            ("real", lambda: real.cross_validate(model.params, sizes.datasets))]
+            ("real", lambda: real.cross_validate(model.estimator_params, sizes.datasets))]
     for name, job in jobs:
         t0 = time.perf_counter()
         sections[name] = job()

@@ -5,6 +5,7 @@ import time
 import torch
 
 from ..checkpoint import read_config
+from ..config import ModelConfig
 from ..estimator import DiffusionICLRegressor
 from ..inference import sample_raw_tasks
 from ..pretrained import get_denoiser, load, spec_key
@@ -14,26 +15,37 @@ def load_trained(directory=None):
     """(spec, denoiser, schedule) of a trained model directory, or with ``None`` (or
     ``"shipped"``) of the default estimator's configuration (the shipped weights)."""
     if directory in (None, "shipped"):
-        spec = DiffusionICLRegressor().model_spec()
+        spec = ModelConfig().spec()
         return (spec, *get_denoiser(spec))
     return (read_config(directory)["config"], *load(directory))
 
 
-class BenchModel:
-    """The meta-trained denoiser of ``DiffusionICLRegressor(**params)`` and its sampler
-    settings; :meth:`sample` draws y at each task's query, many tasks per forward pass
-    (float32, unlike the estimator's float64: batch invariance does not matter here)."""
+def estimator_params(params):
+    """``DiffusionICLRegressor`` keywords from JSON-able bench parameters, in which
+    ``model`` may be a dict of :class:`~skdiffusion.ModelConfig` keywords."""
+    params = dict(params or {})
+    if isinstance(params.get("model"), dict):
+        params["model"] = ModelConfig(**params["model"])
+    return params
 
-    def __init__(self, params=None, verbose=1):
-        self.params = dict(params or {})
-        reg = DiffusionICLRegressor(**self.params)
+
+class BenchModel:
+    """The meta-trained denoiser of ``DiffusionICLRegressor(**estimator_params(params))``
+    and its sampler
+    settings; :meth:`sample` draws y at each task's query, many tasks per forward pass
+    (float32, for any architecture: batch invariance does not matter here)."""
+
+    def __init__(self, params=None):
+        self.params = dict(params or {})  # JSON-able, as stored in the report
+        self.estimator_params = estimator_params(self.params)
+        reg = DiffusionICLRegressor(**self.estimator_params)
         self.spec = reg.model_spec()
         self.key = spec_key(self.spec)
-        self.denoiser, self.schedule = get_denoiser(self.spec, verbose=verbose)
+        self.denoiser, self.schedule = reg._load_denoiser(self.spec)
         # independent samples (not the estimator's antithetic pairs): the Monte Carlo
         # correction of the error curves and the fair CRPS estimator assume them
         self.sampler_kw = {**reg.sampler_settings(self.schedule.timesteps), "antithetic": False,
-                           "prediction_type": reg.prediction_type}
+                           "prediction_type": self.spec["prediction_type"]}
 
     def sample(self, tasks, n_samples, seed, batch=1000, **sampler_kw):
         """(samples (n, n_samples), seconds) for :class:`~.tasks.Tasks`."""

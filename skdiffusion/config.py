@@ -1,0 +1,157 @@
+"""ModelConfig: one object that describes a meta-trained model, as a kernel describes a GP.
+
+``DiffusionICLRegressor(model=...)`` takes the shipped default by name (``"default"``), a
+trained-model directory, or a :class:`ModelConfig`. A configuration names everything
+meta-training depends on (task prior, architecture, diffusion and training settings);
+its :meth:`~ModelConfig.spec` is hashed into the cache key under which the trained
+denoiser is stored, so equal configurations share one trained model.
+"""
+
+import json
+import shlex
+from dataclasses import asdict, dataclass, field, fields
+
+from .denoiser import VARIANCE_CAP
+from .diffusion import PREDICTION_TYPES, SCHEDULES
+from .pretrained import ARCHITECTURES, make_spec
+from .priors import check_prior_spec
+
+
+def _default_prior():
+    return ("noisy_linear", {"noise_range": (0.01, 5.0)})
+
+
+@dataclass
+class ModelConfig:
+    """Configuration of a meta-trained denoiser; the defaults are the shipped model's.
+
+    Parameters
+    ----------
+    prior : str, tuple or dict, default=("noisy_linear", {"noise_range": (0.01, 5.0)})
+        Task prior of meta-training: a family name (see
+        :data:`skdiffusion.priors.PRIORS`), ``(name, kwargs)``, or
+        ``{"mixture": [(spec, weight), ...]}``. The default (noise std log-uniform from
+        0.01 to 5, for d <= 10 signals of variance d) spans nearly noiseless to
+        mostly-noise linear tasks.
+    max_features : int, default=10
+        Largest number of features the denoiser accepts.
+    max_context : int, default=128
+        Largest context meta-training draws; a larger context is split into random
+        disjoint subsets at prediction time and their samples pooled.
+    n_layer, n_embd, n_head : int, default=4, 96, 4
+        Size of the GPT-2 backbone.
+    architecture : {"set", "head"}, default="set"
+        ``"set"``: y_t and t enter the query token, so the transformer runs at every
+        sampling step. ``"head"``: the transformer encodes each query once and a small
+        diffusion head (``head_width`` x ``head_depth`` residual blocks, MAR-style) runs
+        the chain, many times cheaper; ``head_pairs`` (t, noise) draws per target token
+        train it on each transformer pass.
+    head_width, head_depth, head_pairs : int, default=64, 2, 4
+        The diffusion head (``architecture="head"`` only).
+    timesteps : int, default=50
+        Diffusion steps T (10 to 1000).
+    schedule : {"cosine", "linear"}, default="cosine"
+        Noise schedule; both end with abar_T < 1e-3 for every T.
+    prediction_type : {"v", "epsilon", "sample"}, default="v"
+        What the network predicts.
+    n_train_steps, batch_size, learning_rate : default=5500, 512, 1e-3
+        Meta-training optimizer steps, tasks per step and peak AdamW learning rate.
+    variance_cap : float, default=10.0
+        Largest variance (standardized units of y) of the in-context linear baseline the
+        denoiser corrects.
+    centred_dof : bool, default=False
+        Give the linear baseline the degree of freedom and leverage (1 / k) of the
+        intercept that standardizing the context has fitted.
+    seed : int, default=0
+        Seeds the initialization and the task draws of meta-training.
+    """
+
+    prior: object = field(default_factory=_default_prior)
+    max_features: int = 10
+    max_context: int = 128
+    n_layer: int = 4
+    n_embd: int = 96
+    n_head: int = 4
+    architecture: str = "set"
+    head_width: int = 64
+    head_depth: int = 2
+    head_pairs: int = 4
+    timesteps: int = 50
+    schedule: str = "cosine"
+    prediction_type: str = "v"
+    n_train_steps: int = 5500
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    variance_cap: float = VARIANCE_CAP
+    centred_dof: bool = False
+    seed: int = 0
+
+    def get_params(self, deep=True):
+        """The fields as a dict (scikit-learn's convention for parameter objects, so that
+        ``clone`` and ``GridSearchCV(..., {"model__n_layer": [...]})`` work)."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def set_params(self, **params):
+        for name, value in params.items():
+            if name not in FIELDS:
+                raise ValueError(f"ModelConfig has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def spec(self):
+        """The JSON-able configuration this object describes (its hash is the cache key),
+        after checking every field; raises ``ValueError`` naming the first bad one."""
+        self._validate()
+        train = dict(n_steps=self.n_train_steps, batch_size=self.batch_size,
+                     learning_rate=float(self.learning_rate),
+                     warmup_steps=max(1, min(500, self.n_train_steps // 10)),
+                     n_points=self.max_context + 16, max_context=self.max_context,
+                     seed=self.seed)
+        head = dict(width=self.head_width, depth=self.head_depth, pairs=self.head_pairs)
+        return make_spec(self.prior, self.max_features, self.n_layer, self.n_embd, self.n_head,
+                         self.timesteps, self.schedule, self.prediction_type, train=train,
+                         variance_cap=self.variance_cap, centred_dof=self.centred_dof,
+                         architecture=self.architecture, head=head)
+
+    def _validate(self):
+        positive = ("max_features", "max_context", "n_layer", "n_embd", "n_head", "head_width",
+                    "head_depth", "head_pairs", "n_train_steps", "batch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"ModelConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, int) \
+                or not 10 <= self.timesteps <= 1000:
+            raise ValueError(f"timesteps must be an integer in [10, 1000], got {self.timesteps!r}")
+        choices = {"architecture": ARCHITECTURES, "schedule": SCHEDULES,
+                   "prediction_type": PREDICTION_TYPES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "variance_cap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive number, got {value!r}")
+        if not isinstance(self.centred_dof, bool):
+            raise ValueError(f"centred_dof must be a bool, got {self.centred_dof!r}")
+        check_prior_spec(self.prior)
+
+
+FIELDS = tuple(f.name for f in fields(ModelConfig))
+
+
+def config_kwargs(config):
+    """The fields of ``config`` that differ from the defaults, as JSON-able values."""
+    default = asdict(ModelConfig())
+    return {k: v for k, v in json.loads(json.dumps(asdict(config))).items()
+            if v != json.loads(json.dumps(default[k]))}
+
+
+def pretrain_command(config):
+    """The shell command that meta-trains ``config`` into the cache, where ``fit`` finds it."""
+    return ("python -m skdiffusion pretrain --config "
+            + shlex.quote(json.dumps(config_kwargs(config), sort_keys=True)))
