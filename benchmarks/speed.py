@@ -56,6 +56,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--head", help="trained head model directory (default: an untrained one)")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         head = args.head or untrained_head(tmp)
@@ -67,7 +68,7 @@ def main():
         print("| architecture | torch threads | fit diabetes (442 x 10), s | predict 442 diabetes "
               "queries, 353-row context, s | predict 100 queries, 20 context, 64 samples, s |")
         print("|---|---|---|---|---|")
-        for threads in (1, 2):
+        for threads in map(int, args.threads.split(",")):
             torch.set_num_threads(threads)
             for label, model in models.items():
                 fit, diabetes, small = rows_for(model, args.repeat)

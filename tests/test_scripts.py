@@ -1,0 +1,53 @@
+"""The maintained entry points in benchmarks/ and scripts/ run end to end (tiny sizes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = dict(max_features=10, max_context=16, n_layer=1, n_embd=16, n_head=2, timesteps=20,
+             n_train_steps=4, batch_size=4, architecture="head", head_width=8)
+
+
+def run(*args, cwd=ROOT):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, timeout=600,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    """A head model directory written by the GPU recipe's script, trained 4 steps."""
+    out = tmp_path_factory.mktemp("runs") / "micro"
+    run(ROOT / "scripts" / "pretrain_on_budget.py", "--out", out, "--steps", 4,
+        "--config", json.dumps(MICRO))
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["config"]["architecture"] == "head" and stored["summary"]["steps"] == 4
+    return out
+
+
+def test_acceptance_grid(micro_model, tmp_path):
+    out = tmp_path / "acceptance.md"
+    run(ROOT / "benchmarks" / "acceptance.py", "--model", micro_model, "--tasks", 2,
+        "--queries", 1, "--samples", 2, "--out", out)
+    assert "accuracy bar met at" in out.read_text()
+
+
+def test_learning_curve(micro_model):
+    assert "micro" in run(ROOT / "benchmarks" / "learning_curve.py", micro_model, "--tasks", 4)
+
+
+def test_bar_ceiling():
+    assert "|" in run(ROOT / "benchmarks" / "bar_ceiling.py", "--tasks", 50)
+
+
+def test_speed(micro_model):
+    text = run(ROOT / "benchmarks" / "speed.py", "--head", micro_model, "--repeat", 1,
+               "--threads", 1)
+    assert text.count("| 1 |") == 2  # one row per architecture
