@@ -39,7 +39,8 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=4096):
     return denoise
 
 
-QUERY_CHUNK = 64  # queries per head pass; a multiple of every SIMD width
+QUERY_CHUNK = 64  # queries per encoder pass; a multiple of every SIMD width
+HEAD_ROWS = 16384  # (query, sample) rows per head pass, to bound memory (4 MB a tensor)
 
 
 def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
@@ -48,24 +49,31 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     ``contexts``: a list of (x_ctx (B, k_j, F), y_ctx (B, k_j)) for the same queries
     x_q (B, m, F), m a multiple of ``chunk``; y_t has shape (B, len(contexts) * m,
     n_samples), the queries of each context in turn. The transformer runs once: each
-    context is encoded, then every query against it in chunks of ``chunk``. Each step
-    runs only the head, chunk by chunk, so every query's arithmetic has the same shapes
-    whatever the other queries are: in float32 too, a query's result is bit-for-bit
-    independent of the rest of the call.
+    context is encoded, then every query against it in fixed chunks of ``chunk`` (so
+    its attention has the same shapes whatever the other queries are). Each step then
+    runs only the head, on up to ``HEAD_ROWS`` (query, sample) rows at a time (smaller
+    passes measured slower: per-call overhead dominates): row-wise arithmetic, so in
+    float32 too a query's result does not depend on the rest of the call (tested bit for
+    bit, and by scikit-learn's subset and order invariance checks).
     """
     if x_q.shape[1] % chunk:
         raise ValueError(f"{x_q.shape[1]} queries are not a multiple of the chunk {chunk}")
-    parts = []
+    hs, feats = [], []
     for x_ctx, y_ctx in contexts:
         cache = model.encode_context(x_ctx, y_ctx)
         for i in range(0, x_q.shape[1], chunk):
-            h, feats = model.encode_queries(cache, x_q[:, i:i + chunk])
-            parts.append((model.head.project(h)[:, :, None], model.moments(feats[:, :, None])))
+            h, f = model.encode_queries(cache, x_q[:, i:i + chunk])
+            hs.append(h)
+            feats.append(f)
+    hc = model.head.project(torch.cat(hs, 1))[:, :, None]  # a draws axis to broadcast
+    m, s2 = model.moments(torch.cat(feats, 1)[:, :, None])
 
     def denoise(y_t, t):
         time = model.time_embedding(t, y_t)  # once per step
-        return torch.cat([model.denoise(hc, mom, y_t[:, i * chunk:(i + 1) * chunk], t, time)
-                          for i, (hc, mom) in enumerate(parts)], dim=1)
+        n = max(1, HEAD_ROWS // y_t.shape[-1])  # queries per head pass
+        return torch.cat([model.denoise(hc[:, i:i + n], (m[:, i:i + n], s2[:, i:i + n]),
+                                        y_t[:, i:i + n], t, time)
+                          for i in range(0, y_t.shape[1], n)], dim=1)
 
     return denoise
 
