@@ -88,6 +88,214 @@ class DecisionTree:
         return torch.gather(leaves, 1, node - n_internal)
 
 
+# --------------------------------------------------------------- functions, noise, inputs
+# Families for learning functions rather than lines. Each draws the noiseless f(X) of a
+# batch of tasks; :class:`Functions` rescales f per task to unit variance and adds one of
+# the noise families. Padding columns of X are zero, and every family is built so that a
+# zero column changes nothing (GP distances, MLP and linear weights, tree splits only on
+# the task's first d columns).
+
+
+def _gamma(shape, g):
+    """Gamma(shape, rate 1) draws on the generator ``g`` (torch.distributions cannot take
+    one): the global RNG, seeded from ``g``, inside a fork so nothing else changes."""
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+        return torch._standard_gamma(shape)
+
+
+def _active(X):
+    """(B, F) float mask of the columns in use (non-zero somewhere in the task)."""
+    return (X != 0).any(dim=1).to(X.dtype)
+
+
+def _relevant(X, g, p_irrelevant=0.3):
+    """Mask (B, F): each used column irrelevant with probability ``p_irrelevant`` (at least
+    one relevant column per task)."""
+    active = _active(X)
+    keep = (_uniform(active.shape, g) >= p_irrelevant).to(X.dtype) * active
+    first = torch.nn.functional.one_hot(active.argmax(1), X.shape[2]).to(X.dtype)
+    return torch.where(keep.sum(1, keepdim=True) > 0, keep, first)
+
+
+class GPFunction:
+    """Draws of a GP with a random kernel per task: RBF or Matern-5/2 with per-feature
+    lengthscales ~ Gamma(3, 6) (mean 0.5, BoTorch's prior, on standardized inputs, scaled
+    by sqrt(d) so that the function's complexity does not explode with d), plus, with
+    probability ``p_linear``, a linear kernel; irrelevant features get no weight."""
+
+    def __init__(self, p_linear=0.3, jitter=1e-4):
+        self.p_linear, self.jitter = p_linear, jitter
+
+    def sample_y(self, X, g):
+        B, N, F = X.shape
+        rel = _relevant(X, g)
+        d = rel.sum(1, keepdim=True)
+        ls = _gamma(torch.full((B, F), 3.0), g) / 6.0 * d.sqrt()
+        Z = X * rel[:, None] / ls[:, None]
+        r2 = torch.cdist(Z, Z).pow(2)
+        rbf = torch.exp(-0.5 * r2)
+        r = (5 * r2).clamp(min=0).sqrt()
+        matern = (1 + r + r**2 / 3) * torch.exp(-r)
+        use_rbf = (_uniform((B, 1, 1), g) < 0.5).to(X.dtype)
+        K = use_rbf * rbf + (1 - use_rbf) * matern
+        lin = (_uniform((B, 1, 1), g) < self.p_linear).to(X.dtype)
+        Xr = X * rel[:, None]
+        K = K + lin * (Xr @ Xr.transpose(1, 2)) / d[..., None]
+        K = K + self.jitter * torch.eye(N, dtype=X.dtype)
+        L = torch.linalg.cholesky(K.double()).to(X.dtype)
+        return (L @ _randn((B, N, 1), g))[..., 0]
+
+
+class MLPFunction:
+    """Random MLPs: depth 1-3, width 8-64, activation relu / tanh / sin / gelu per task,
+    weights N(0, 1 / fan-in) on the relevant features."""
+
+    ACTIVATIONS = (torch.relu, torch.tanh, torch.sin, torch.nn.functional.gelu)
+
+    def sample_y(self, X, g):
+        B, N, F = X.shape
+        h = X * _relevant(X, g)[:, None]
+        depth = int(torch.randint(1, 4, (1,), generator=g))
+        width = int(torch.randint(8, 65, (1,), generator=g))
+        act = self.ACTIVATIONS[int(torch.randint(len(self.ACTIVATIONS), (1,), generator=g))]
+        for _ in range(depth):
+            W = _randn((B, h.shape[-1], width), g) / math.sqrt(h.shape[-1])
+            h = act(h @ W + 0.5 * _randn((B, 1, width), g))
+        return (h @ _randn((B, width, 1), g))[..., 0] / math.sqrt(width)
+
+
+class StepFunction:
+    """Sums of 1-6 axis-aligned steps at random thresholds (tree-like, discontinuous),
+    with a product of two steps (an interaction) half the time."""
+
+    def sample_y(self, X, g):
+        B, N, F = X.shape
+        d = _active(X).sum(1).clamp(min=1)
+        y = torch.zeros((B, N), dtype=X.dtype)
+        for j in range(6):
+            on = (_uniform((B, 1), g) < (1.0 if j == 0 else 0.5)).to(X.dtype)
+            feature = (_uniform((B,), g) * d).long()
+            col = torch.gather(X, 2, feature[:, None, None].expand(B, N, 1))[..., 0]
+            step = (col > _randn((B, 1), g)).to(X.dtype) * _randn((B, 1), g)
+            y = y + on * step
+        f2 = (_uniform((B,), g) * d).long()
+        col2 = torch.gather(X, 2, f2[:, None, None].expand(B, N, 1))[..., 0]
+        inter = (_uniform((B, 1), g) < 0.5).to(X.dtype)
+        return y * (1 + inter * ((col2 > 0).to(X.dtype) - 0.5))
+
+
+class AdditiveFunction:
+    """Additive structure: a sum over relevant features of 1-D GP-like curves (random
+    Fourier features), plus with probability 0.5 one pairwise product (interaction)."""
+
+    def __init__(self, n_frequencies=8):
+        self.n_frequencies = n_frequencies
+
+    def sample_y(self, X, g):
+        B, N, F = X.shape
+        rel = _relevant(X, g)
+        Q = self.n_frequencies
+        freq = _randn((B, 1, F, Q), g) * torch.exp(_uniform((B, 1, F, 1), g, -1.0, 1.0))
+        phase = _uniform((B, 1, F, Q), g, 0.0, 2 * math.pi)
+        amp = _randn((B, 1, F, Q), g) * math.sqrt(2.0 / Q)
+        curves = (amp * torch.cos(X[..., None] * freq + phase)).sum(-1)      # (B, N, F)
+        y = (curves * rel[:, None]).sum(-1)
+        i, j = (_uniform((B,), g) * rel.sum(1)).long(), (_uniform((B,), g) * rel.sum(1)).long()
+        xi = torch.gather(X, 2, i[:, None, None].expand(B, N, 1))[..., 0]
+        xj = torch.gather(X, 2, j[:, None, None].expand(B, N, 1))[..., 0]
+        return y + (_uniform((B, 1), g) < 0.5).to(X.dtype) * xi * xj
+
+
+NOISES = ("gaussian", "heteroscedastic", "student_t", "skewed", "bimodal")
+
+
+def add_noise(f, X, g, kind, sigma):
+    """y = f + noise of ``kind`` with scale ``sigma`` (B, 1) (f has unit variance)."""
+    B, N = f.shape
+    e = _randn((B, N), g)
+    if kind == "heteroscedastic":  # scale grows along a random direction of x
+        direction = _randn((B, X.shape[2], 1), g) * _active(X)[..., None]
+        u = (X @ direction)[..., 0] / direction.norm(dim=1).clamp(min=1e-6)
+        return f + sigma * torch.exp(u.clamp(-3, 3)) * e
+    if kind == "student_t":  # sigma x Student t with df uniform in 2..10
+        df = torch.randint(2, 11, (B, 1), generator=g).to(f.dtype)
+        chi2 = _gamma(df.expand(B, N) / 2, g) * 2
+        return f + sigma * e / (chi2 / df).sqrt()
+    if kind == "skewed":  # centred log-normal, right or left
+        z = torch.exp(0.75 * e)
+        sign = torch.where(_uniform((B, 1), g) < 0.5, -1.0, 1.0).to(f.dtype)
+        return f + sigma * sign * (z - z.mean(1, keepdim=True)) / 0.9
+    if kind == "bimodal":  # two branches f +- gap, chosen per point
+        gap = _uniform((B, 1), g, 0.5, 2.0)
+        branch = torch.where(_uniform((B, N), g) < 0.5, -1.0, 1.0).to(f.dtype)
+        return f + gap * branch + sigma * e
+    return f + sigma * e
+
+
+class Functions:
+    """Nonlinear functions with any of the noise families: f from one of ``families``
+    (GP draws, random MLPs, steps, additive, linear), rescaled to unit variance over the
+    task's points, plus noise: its kind from ``noise_weights`` over :data:`NOISES` and
+    its scale log-uniform in ``noise_range`` (never shown to the model)."""
+
+    FAMILIES = {"gp": GPFunction, "mlp": MLPFunction, "steps": StepFunction,
+                "additive": AdditiveFunction, "linear": Linear}
+
+    def __init__(self, families=None, noise_weights=None, noise_range=(0.01, 1.0)):
+        fam = dict(families or {"gp": 0.35, "mlp": 0.2, "steps": 0.15, "additive": 0.15,
+                                "linear": 0.15})
+        unknown = set(fam) - set(self.FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown function families {sorted(unknown)}; choose from "
+                             f"{sorted(self.FAMILIES)}")
+        self.families = Mixture([self.FAMILIES[k]() for k in fam], list(fam.values()))
+        nw = dict(noise_weights or {"gaussian": 0.5, "heteroscedastic": 0.15,
+                                    "student_t": 0.15, "skewed": 0.1, "bimodal": 0.1})
+        if set(nw) - set(NOISES):
+            raise ValueError(f"unknown noise kinds {sorted(set(nw) - set(NOISES))}; "
+                             f"choose from {NOISES}")
+        self.noise_kinds, self.noise_p = list(nw), torch.tensor(list(nw.values()), dtype=torch.float64)
+        self.noise_range = tuple(noise_range)
+
+    def sample_y(self, X, g):
+        f = self.families.sample_y(X, g)
+        f = (f - f.mean(1, keepdim=True)) / f.std(1, keepdim=True).clamp(min=1e-6)
+        lo, hi = (math.log(v) for v in self.noise_range)
+        sigma = torch.exp(_uniform((X.shape[0], 1), g, lo, hi)).to(X.dtype)
+        kind = torch.multinomial(self.noise_p, X.shape[0], replacement=True, generator=g)
+        out = torch.empty_like(f)
+        for i, name in enumerate(self.noise_kinds):
+            rows = kind == i
+            if rows.any():
+                out[rows] = add_noise(f[rows], X[rows], g, name, sigma[rows])
+        return out
+
+    def sample_x(self, B, N, F, g):
+        return mixed_inputs(B, N, F, g)
+
+
+def mixed_inputs(B, N, F, g):
+    """Inputs as real tables have them: per task, correlated columns (a random mixing of
+    Gaussians), each column then Gaussian, uniform, skewed (log-normal), integer-valued or
+    binary, and with probability 0.2 rows repeated (x drawn from a pool of N / 4 rows)."""
+    Z = _randn((B, N, F), g)
+    mix = torch.eye(F) + 0.5 * _randn((B, F, F), g) * (_uniform((B, 1, 1), g) < 0.5)
+    Z = Z @ mix
+    Z = Z / Z.std(dim=1, keepdim=True).clamp(min=1e-6)
+    kind = (_uniform((B, 1, F), g) * 5).long()                # per column
+    uniform = torch.special.ndtr(Z) * 2 - 1
+    skewed = torch.exp(0.8 * Z)
+    integer = torch.round(Z * _uniform((B, 1, F), g, 0.5, 3.0))
+    binary = (Z > _randn((B, 1, F), g) * 0.5).to(Z.dtype)
+    X = torch.stack([Z, uniform, skewed, integer, binary], -1)
+    X = torch.gather(X, -1, kind[..., None].expand(B, N, F, 1))[..., 0]
+    repeat = _uniform((B, 1), g) < 0.2
+    pool = (_uniform((B, N), g) * max(1, N // 4)).long()
+    idx = torch.where(repeat, pool, torch.arange(N).expand(B, N))
+    return torch.gather(X, 1, idx[..., None].expand(B, N, F))
+
+
 class Mixture:
     """Each task drawn from one of ``priors`` with probabilities ``weights``."""
 
@@ -103,6 +311,7 @@ class Mixture:
 
 
 PRIORS = {
+    "functions": Functions,
     "linear": Linear,
     "noisy_linear": NoisyLinear,
     "sparse_linear": SparseLinear,
@@ -203,7 +412,9 @@ def sample_tasks(prior, batch_size, n_points, max_features, generator,
     g = generator
     d_hi = n_features or max_features
     d = torch.randint(min_features, d_hi + 1, (batch_size,), generator=g)
-    X = _randn((batch_size, n_points, max_features), g)
+    sample_x = getattr(prior, "sample_x", None)
+    X = (sample_x(batch_size, n_points, max_features, g) if sample_x is not None
+         else _randn((batch_size, n_points, max_features), g))
     X = X * (torch.arange(max_features)[None, None] < d[:, None, None])
     y = prior.sample_y(X, g)
     k_hi = n_points - 1 if max_context is None else min(max_context, n_points - 1)

@@ -80,3 +80,53 @@ def test_sparse_linear_uses_few_features():
 def test_unknown_prior_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown prior"):
         make_prior("gaussian_process")
+
+
+def _moments(e):
+    z = (e - e.mean(1, keepdim=True)) / e.std(1, keepdim=True)
+    return (z**3).mean().item(), (z**4).mean().item()
+
+
+@pytest.mark.parametrize("kind, check", [
+    ("gaussian", lambda s, k: abs(s) < 0.05 and abs(k - 3) < 0.15),
+    ("student_t", lambda s, k: k > 4.0),
+    ("skewed", lambda s, k: abs(s) > 0.5),
+    ("heteroscedastic", lambda s, k: k > 3.5),
+])
+def test_noise_families_have_their_shape(kind, check):
+    from skdiffusion.priors import add_noise
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 200, 3, generator=g)
+    e = add_noise(torch.zeros(400, 200, dtype=X.dtype), X, g, kind, torch.full((400, 1), 0.5))
+    if kind == "skewed":  # per task the sign is random: skewness of |per-task skew|
+        z = (e - e.mean(1, keepdim=True)) / e.std(1, keepdim=True)
+        skew, kurt = (z**3).mean(1).abs().mean().item(), None
+    else:
+        skew, kurt = _moments(e)
+    assert check(skew, kurt)
+
+
+def test_bimodal_noise_has_two_branches():
+    from skdiffusion.priors import add_noise
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(200, 100, 2, generator=g)
+    e = add_noise(torch.zeros(200, 100), X, g, "bimodal", torch.full((200, 1), 0.05))
+    # the gap is at least 0.5 and the noise 0.05: almost no point lies near zero
+    assert (e.abs() < 0.25).float().mean() < 0.01
+
+
+def test_functions_prior_draws_varied_inputs_and_unit_scale_signals():
+    from skdiffusion.priors import mixed_inputs
+    g = torch.Generator().manual_seed(2)
+    X = mixed_inputs(300, 40, 6, g)
+    col = X.transpose(1, 2).reshape(-1, 40)
+    is_binary = ((col == 0) | (col == 1)).all(1)
+    is_integer = (col == col.round()).all(1) & ~is_binary
+    repeated = torch.tensor([len(torch.unique(x, dim=0)) < 40 for x in X])
+    assert is_binary.float().mean() > 0.1 and is_integer.float().mean() > 0.1
+    assert 0.1 < repeated.float().mean() < 0.4
+    b = sample_tasks(make_prior(("functions", {"noise_range": (0.01, 0.02)})), 64, 60, 6, g,
+                     max_context=50)
+    assert torch.isfinite(b.y).all()
+    with pytest.raises(ValueError, match="unknown function families"):
+        make_prior(("functions", {"families": {"splines": 1.0}}))
