@@ -57,11 +57,14 @@ def main():
     p.add_argument("--head", help="trained head model directory (default: an untrained one)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")
+    p.add_argument("--only", choices=("set", "head"), help="time one architecture only")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         head = args.head or untrained_head(tmp)
         models = {"set (shipped default)": "default",
                   f"head ({'untrained' if args.head is None else args.head})": head}
+        if args.only:
+            models = {k: v for k, v in models.items() if k.startswith(args.only)}
         print(f"torch {torch.__version__}; median of {args.repeat}; defaults: "
               f"{DiffusionICLRegressor().n_samples} antithetic samples x "
               f"{DiffusionICLRegressor().n_sampling_steps} DDPM steps\n")

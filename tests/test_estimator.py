@@ -208,6 +208,7 @@ def test_baseline_settings_reach_the_denoiser(monkeypatch, param, value):
     and of the model; at its default it stays out of the configuration, so the shipped
     model's key is unchanged."""
     monkeypatch.setattr(pretrained, "pretrain", lambda spec, *a, **k: pretrained.build(spec))
+    monkeypatch.setattr(pretrained, "seconds_per_step", lambda spec: 1.0)  # full-size model
     X, y = linear_data(n=20, d=2)
     changed = DiffusionICLRegressor(ModelConfig(**{param: value}), n_samples=2,
                                     allow_training=True).fit(X, y)

@@ -49,5 +49,5 @@ def test_bar_ceiling():
 
 def test_speed(micro_model):
     text = run(ROOT / "benchmarks" / "speed.py", "--head", micro_model, "--repeat", 1,
-               "--threads", 1)
-    assert text.count("| 1 |") == 2  # one row per architecture
+               "--threads", 1, "--only", "head")  # the set model's timing takes a minute
+    assert text.count("| 1 |") == 1 and "head" in text
