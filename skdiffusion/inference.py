@@ -47,43 +47,45 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     """Closure ``denoise(y_t, t)`` for a :class:`~skdiffusion.head.HeadDenoiser`.
 
     ``contexts``: a list of (x_ctx (B, k_j, F), y_ctx (B, k_j)) for the same queries
-    x_q (B, m, F), m a multiple of ``chunk``; y_t has shape (B, len(contexts) * m,
-    n_samples), the queries of each context in turn. The transformer runs once: each
-    context is encoded, then every query against it in fixed chunks of ``chunk`` (so
-    its attention has the same shapes whatever the other queries are). Each step then
-    runs only the head, on up to ``HEAD_ROWS`` (query, sample) rows at a time (smaller
-    passes measured slower: per-call overhead dominates): row-wise arithmetic, so in
-    float32 too a query's result does not depend on the rest of the call (tested bit for
-    bit, and by scikit-learn's subset and order invariance checks).
+    x_q (B, m, F); y_t has shape (B, len(contexts) * m, n_samples), the queries of each
+    context in turn. The transformer runs once: each context is encoded, then every
+    query against it in fixed chunks of ``chunk`` (zero-padded), so that its attention
+    has the same shapes whatever the other queries are. Each step then runs only the
+    head, on the queries of all tasks and parts at once, zero-padded to a whole number of
+    chunks (a GEMM over a handful of rows takes other kernels, whose rounding differs)
+    and in passes of up to ``HEAD_ROWS`` (query, sample) rows (smaller passes measured
+    slower: per-call overhead dominates). So in float32 too a query's result does not
+    depend on the rest of the call (tested bit for bit, and by scikit-learn's subset and
+    order invariance checks).
     """
-    if x_q.shape[1] % chunk:
-        raise ValueError(f"{x_q.shape[1]} queries are not a multiple of the chunk {chunk}")
+    m = x_q.shape[1]
+    x_pad = torch.nn.functional.pad(x_q, (0, 0, 0, -m % chunk))
     hs, feats = [], []
     for x_ctx, y_ctx in contexts:
         cache = model.encode_context(x_ctx, y_ctx)
-        for i in range(0, x_q.shape[1], chunk):
-            h, f = model.encode_queries(cache, x_q[:, i:i + chunk])
-            hs.append(h)
-            feats.append(f)
-    hc = model.head.project(torch.cat(hs, 1))[:, :, None]  # a draws axis to broadcast
-    m, s2 = model.moments(torch.cat(feats, 1)[:, :, None])
+        parts = [model.encode_queries(cache, x_pad[:, i:i + chunk])
+                 for i in range(0, x_pad.shape[1], chunk)]
+        hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])
+        feats.append(torch.cat([f for _, f in parts], 1)[:, :m])
+    # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
+    flat = lambda a: _pad_rows(a.reshape(-1, *a.shape[2:]), chunk)  # noqa: E731
+    hc = model.head.project(flat(torch.cat(hs, 1)))[:, None]  # a draws axis to broadcast
+    mean, var = model.moments(flat(torch.cat(feats, 1))[:, None])
 
     def denoise(y_t, t):
         time = model.time_embedding(t, y_t)  # once per step
-        n = max(1, HEAD_ROWS // y_t.shape[-1])  # queries per head pass
-        return torch.cat([model.denoise(hc[:, i:i + n], (m[:, i:i + n], s2[:, i:i + n]),
-                                        y_t[:, i:i + n], t, time)
-                          for i in range(0, y_t.shape[1], n)], dim=1)
+        y = flat(y_t)
+        n = max(1, HEAD_ROWS // (y.shape[-1] * chunk)) * chunk  # queries per head pass
+        out = torch.cat([model.denoise(hc[i:i + n], (mean[i:i + n], var[i:i + n]), y[i:i + n],
+                                       t, time) for i in range(0, len(y), n)])
+        return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
     return denoise
 
 
-def _pad_queries(x_q, noise, axis):
-    """x_q (B, m, F) and noise padded with zeros to a whole number of query chunks."""
-    pad = -x_q.shape[1] % QUERY_CHUNK
-    widths = [0, 0] * (noise.dim() - 1 - axis) + [0, pad]
-    return (torch.nn.functional.pad(x_q, (0, 0, 0, pad)),
-            torch.nn.functional.pad(noise, widths))
+def _pad_rows(a, multiple):
+    """``a`` zero-padded along its first axis to a multiple of ``multiple``."""
+    return torch.nn.functional.pad(a, (0, 0) * (a.dim() - 1) + (0, -len(a) % multiple))
 
 
 @torch.no_grad()
@@ -123,12 +125,11 @@ def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", 
                    sampler, n_steps, eta, prediction_type, variance, progress)
             for j, (x_ctx, y_ctx) in enumerate(contexts)])
     else:
-        m, (n_draws, n_parts, B, _, n_samples) = x_q.shape[1], noise.shape
-        x_q_pad, padded = _pad_queries(x_q, noise, axis=3)
-        flat = padded.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, n_samples)  # parts in turn
-        out = sample(make_head_denoise_fn(model, contexts, x_q_pad), schedule, flat, sampler,
+        n_draws, n_parts, B, m, n_samples = noise.shape
+        flat = noise.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, n_samples)  # parts in turn
+        out = sample(make_head_denoise_fn(model, contexts, x_q), schedule, flat, sampler,
                      n_steps, eta, prediction_type, variance, progress)
-        out = out.reshape(B, n_parts, -1, n_samples).transpose(0, 1)[:, :, :m]
+        out = out.reshape(B, n_parts, m, n_samples).transpose(0, 1)
     if not model.linear_baseline:
         return out
     return torch.stack([linear_fallback(model, x_ctx, y_ctx, x_q, out[j], noise[0, j])
