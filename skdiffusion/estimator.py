@@ -25,7 +25,7 @@ from .diffusion import NoiseSchedule, draw_noise, n_noise_draws
 from .inference import sample_context_parts
 from .pretrained import build, get_denoiser, load_directory
 
-_RUNTIME = weakref.WeakKeyDictionary()  # denoiser -> {device: float64 copy}
+_RUNTIME = weakref.WeakKeyDictionary()  # denoiser -> {device: its runtime copy}
 
 
 class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
