@@ -102,6 +102,8 @@ def main():
     p.add_argument("--tasks", type=int, default=100, help="tasks per (d, k)")
     p.add_argument("--queries", type=int, default=5, help="queries per task")
     p.add_argument("--samples", type=int, help="samples per query (default: the estimator's)")
+    p.add_argument("--steps", type=int, help="reverse-chain steps (default: the estimator's)")
+    p.add_argument("--noise", type=float, default=0.1, help="noise std of the tasks")
     p.add_argument("--out", default=os.path.join(HERE, "results", "acceptance.md"))
     args = p.parse_args()
     spec, model, schedule = load_trained(args.model)
@@ -109,16 +111,18 @@ def main():
     n_samples = args.samples or reg.n_samples
     sampler_kw = {**reg.sampler_settings(schedule.timesteps),
                   "prediction_type": spec["prediction_type"]}
+    if args.steps:
+        sampler_kw["n_steps"] = args.steps
     noise_range = getattr(make_prior(spec["prior"]), "noise_range", None)
     t0 = time.time()
     rows = grid(model, schedule, args.tasks, args.queries, n_samples, noise_range=noise_range,
-                **sampler_kw)
+                noise_std=args.noise, **sampler_kw)
     command = " ".join(["python benchmarks/acceptance.py", *sys.argv[1:]])
-    text = (f"# Accuracy bar on linear-Gaussian tasks (noise std 0.1)\n\n`{command}` "
+    text = (f"# Accuracy bar on linear-Gaussian tasks (noise std {args.noise})\n\n`{command}` "
             f"({time.time() - t0:.0f} s): {args.tasks} tasks x {args.queries} queries per "
             f"(d, k), {n_samples} samples per query ({reg.sampler.upper()}, "
-            f"{sampler_kw['n_steps']} steps, antithetic={reg.antithetic}: the estimator's "
-            f"defaults).{prior_note(noise_range)}\n\n{summary(rows)}.\n\n"
+            f"{sampler_kw['n_steps']} steps, antithetic={reg.antithetic}; the estimator's "
+            f"defaults unless the command says otherwise).{prior_note(noise_range)}\n\n{summary(rows)}.\n\n"
             f"{markdown(rows)}\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
