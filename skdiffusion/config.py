@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .denoiser import VARIANCE_CAP
 from .diffusion import PREDICTION_TYPES, SCHEDULES
-from .pretrained import ARCHITECTURES, make_spec
+from .pretrained import ARCHITECTURES, HEAD_DEFAULTS, make_spec
 from .priors import check_prior_spec
 
 
@@ -73,9 +73,9 @@ class ModelConfig:
     n_embd: int = 96
     n_head: int = 4
     architecture: str = "set"
-    head_width: int = 64
-    head_depth: int = 2
-    head_pairs: int = 4
+    head_width: int = HEAD_DEFAULTS["width"]
+    head_depth: int = HEAD_DEFAULTS["depth"]
+    head_pairs: int = HEAD_DEFAULTS["pairs"]
     timesteps: int = 50
     schedule: str = "cosine"
     prediction_type: str = "v"

@@ -254,11 +254,14 @@ class SetDenoiser(nn.Module):
         feats = (ridge_features(x, y, is_context, penalty=self.ridge_penalty,
                                 centred=self.centred_dof)
                  if self.linear_baseline else None)
-        h = self._embed(x, y, is_context, t, feats)
-        position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
-        out = self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
-                            position_ids=position_ids).last_hidden_state
+        out = self._encode(self._embed(x, y, is_context, t, feats), is_context)
         return self._head(out, feats, y, t, return_scale)
+
+    def _encode(self, h, is_context):
+        """The backbone over token embeddings ``h`` under the set mask, all positions 0."""
+        position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=h.device)
+        return self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
+                             position_ids=position_ids).last_hidden_state
 
     # -- inference with the context encoded once -------------------------------------
     # Context tokens attend only to context tokens and carry no time embedding, so their

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .denoiser import (SetDenoiser, attention_mask, baseline_moments, gaussian_denoiser,
+from .denoiser import (VARIANCE_CAP, SetDenoiser, baseline_moments, gaussian_denoiser,
                        gaussian_residual_scale, mlp, ridge_features, sinusoidal_embedding)
 
 TIME_FEATURES = 64
@@ -99,11 +99,10 @@ class HeadDenoiser(SetDenoiser):
     per_query_head = True
 
     def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, abar=None,
-                 prediction_type="v", ridge_penalty="fixed", variance_cap=None,
+                 prediction_type="v", ridge_penalty="fixed", variance_cap=VARIANCE_CAP,
                  centred_dof=False, head_width=64, head_depth=2):
-        kw = {} if variance_cap is None else {"variance_cap": variance_cap}
         super().__init__(max_features, n_layer, n_embd, n_head, True, abar, prediction_type,
-                         True, ridge_penalty, centred_dof=centred_dof, **kw)
+                         True, ridge_penalty, variance_cap, centred_dof)
         del self.time_mlp, self.read_out  # the head owns time and the read-out
         self.head = DiffusionHead(n_embd, head_width, head_depth)
 
@@ -143,11 +142,7 @@ class HeadDenoiser(SetDenoiser):
         token, in one masked pass (training); only target tokens' are meaningful."""
         feats = ridge_features(x, y, is_context, penalty=self.ridge_penalty,
                                centred=self.centred_dof)
-        h = self._embed(x, y, is_context, None, feats)
-        position_ids = torch.zeros(is_context.shape, dtype=torch.long, device=x.device)
-        out = self.backbone(inputs_embeds=h, attention_mask=attention_mask(is_context),
-                            position_ids=position_ids).last_hidden_state
-        return out, feats
+        return self._encode(self._embed(x, y, is_context, None, feats), is_context), feats
 
     def forward(self, x, y, is_context, y_t, t, return_scale=False):
         """x (B, N, F); y (B, N) clean (only context entries are read); y_t and t
