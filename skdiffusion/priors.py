@@ -118,6 +118,21 @@ def _relevant(X, g, p_irrelevant=0.3):
     return torch.where(keep.sum(1, keepdim=True) > 0, keep, first)
 
 
+def _matrix_sqrt(K, jitter):
+    """A (B, N, N) with A A^T = K + jitter x (mean diagonal + 1) I, in float64: the Cholesky
+    factor, or for the tasks where rounding makes it fail (repeated or huge inputs under a
+    linear kernel), the symmetric square root with negative eigenvalues clipped."""
+    K = K.double()
+    scale = K.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] + 1
+    K = K + jitter * scale * torch.eye(K.shape[1], dtype=K.dtype)
+    L, info = torch.linalg.cholesky_ex(K)
+    bad = info > 0
+    if bad.any():
+        w, V = torch.linalg.eigh(K[bad])
+        L[bad] = V * w.clamp(min=0).sqrt()[:, None, :]
+    return L
+
+
 class GPFunction:
     """Draws of a GP with a random kernel per task: RBF or Matern-5/2 with per-feature
     lengthscales ~ Gamma(3, 6) (mean 0.5, BoTorch's prior, on standardized inputs, scaled
@@ -142,9 +157,7 @@ class GPFunction:
         lin = (_uniform((B, 1, 1), g) < self.p_linear).to(X.dtype)
         Xr = X * rel[:, None]
         K = K + lin * (Xr @ Xr.transpose(1, 2)) / d[..., None]
-        K = K + self.jitter * torch.eye(N, dtype=X.dtype)
-        L = torch.linalg.cholesky(K.double()).to(X.dtype)
-        return (L @ _randn((B, N, 1), g))[..., 0]
+        return (_matrix_sqrt(K, self.jitter) @ _randn((B, N, 1), g).double())[..., 0].to(X.dtype)
 
 
 class MLPFunction:
