@@ -319,8 +319,12 @@ class Mixture:
 
     def sample_y(self, X, g):
         choice = torch.multinomial(self.weights, X.shape[0], replacement=True, generator=g)
-        ys = torch.stack([p.sample_y(X, g) for p in self.priors])  # same draws every call
-        return ys[choice, torch.arange(X.shape[0])]
+        y = torch.empty(X.shape[:2], dtype=X.dtype, device=X.device)
+        for i, prior in enumerate(self.priors):  # each part draws only its own tasks
+            rows = choice == i
+            if rows.any():
+                y[rows] = prior.sample_y(X[rows], g).to(X.dtype)
+        return y
 
 
 PRIORS = {
