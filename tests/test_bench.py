@@ -72,25 +72,34 @@ def test_tiny_report_end_to_end(tmp_path, tiny, tiny_model, monkeypatch):
     sizes = Sizes(families=("linear", "decision_tree"), ds=(3,), k_grid={3: (0, 5)}, tasks=40,
                   samples=4, variants=("none", "y * 10"), robust_tasks=8, calibration_ks=(4,),
                   calibration_tasks=8, calibration_samples=8, sampler_tasks=8,
-                  ddim_steps=(2, 1000), sample_counts=(2,), datasets=("linnerud Pulse",))
+                  ddim_steps=(2, 1000), sample_counts=(2,), datasets=("linnerud Pulse",),
+                  real_sizes=(None,), predictive_families=("bimodal",), predictive_ds=(1,),
+                  predictive_ks=(10,), predictive_tasks=2, predictive_queries=5)
     tiny = {**tiny, "model": tiny_model}  # JSON-able, as the bench CLI takes it
     text = run(tiny, sizes, str(tmp_path), "tiny", log=lambda *a: None)
     for name in ("REPORT.md", "report.json", "curves_linear.png", "curves_decision_tree.png",
                  "robustness.png", "reliability.png", "samplers.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "REPORT.md").read_text() == text
-    for section in ("In-context curves", "Robustness", "Calibration", "Samplers", "Real"):
+    for section in ("In-context curves", "Robustness", "Calibration", "Samplers",
+                    "Predictive distributions", "Real"):
         assert section in text
     rep = json.loads((tmp_path / "report.json").read_text())
-    numbers = [v for sec in ("curves", "robustness", "calibration", "samplers", "real")
+    numbers = [v for sec in ("curves", "robustness", "calibration", "samplers", "predictive",
+                             "real")
                for row in rep[sec] for key, v in row.items()
-               if isinstance(v, float) and not (row.get("method") == "5-NN" and key == "cov90")
+               if isinstance(v, float) and not (row.get("method") == "5-NN"
+                                                and key in ("cov90", "nll"))
                and not (row.get("antithetic") and key in ("nse", "crps"))]  # see SAMPLER_INTRO
     assert numbers and all(math.isfinite(v) for v in numbers)
     # DDIM steps above T are skipped; the Bayes answer is near the noise floor at k = 5
     assert {r["steps"] for r in rep["samplers"] if r["sampler"] == "ddim"} == {2}
     bayes = [r for r in rep["curves"] if r["method"] == "Bayes" and r["k"] == 5]
     assert bayes[0]["nse"] < 0.05
+    gp = [r for r in rep["predictive"] if r["method"] == "GP (ARD)"]
+    assert gp[0]["crps_vs_gp"] == gp[0]["lo"] == gp[0]["hi"] == 1.0
+    assert {r["method"] for r in rep["predictive"]} == {
+        "skdiffusion", "BayesianRidge", "GP (ARD)", "random forest", "NGBoost", "features alone"}
 
     # a second run reusing this report's curve baselines refits none of them (only the
     # robustness section's) and reproduces every curve row
@@ -107,3 +116,33 @@ def test_tiny_report_end_to_end(tmp_path, tiny, tiny_model, monkeypatch):
     assert sorted(curves, key=key) == sorted(rep["curves"], key=key)
     with pytest.raises(ValueError, match="other sizes"):
         run(tiny, Sizes.quick(), str(again), reuse=str(tmp_path / "report.json"))
+
+
+def test_sized_data_sets():
+    from skdiffusion.bench.real import DATASETS
+    assert DATASETS["diabetes"](100)[0].shape == (100, 10)
+    assert DATASETS["diabetes"](500)[0].shape == (442, 10)   # all it has
+    assert DATASETS["friedman2"](500)[0].shape == (500, 4)
+    assert DATASETS["friedman1"]()[0].shape == (200, 10)
+    np.testing.assert_array_equal(DATASETS["diabetes"](100)[1], DATASETS["diabetes"](100)[1])
+
+
+def test_features_alone_is_the_model_with_its_network_silenced():
+    """The ablation's Gaussian is what the estimator samples once the head's output layer
+    is zero (the exact Gaussian denoiser of the baseline, DESIGN.md's oracle)."""
+    import torch
+    from skdiffusion import DiffusionICLRegressor
+    from skdiffusion.bench.predictive import features_alone, make_function_tasks
+
+    from .conftest import TINY_HEAD as tiny_head
+
+    X, y = make_function_tasks("heteroscedastic", 1, 30, 3, 4, seed=0)
+    X, y = X[0] * 5 + 2, y[0] * 3 - 1                        # any units
+    m, s, _ = features_alone(tiny_head)(X[:30], y[:30], X[30:])
+    reg = DiffusionICLRegressor(**{**tiny_head, "n_samples": 4000}, random_state=0).fit(X[:30], y[:30])
+    with torch.no_grad():
+        for p in reg.denoiser_.head.read_out.parameters():
+            p.zero_()
+    samples = reg.sample(X[30:])
+    np.testing.assert_allclose(samples.mean(1), m, atol=0.05 * s.max())
+    np.testing.assert_allclose(samples.std(1), s, rtol=0.05)

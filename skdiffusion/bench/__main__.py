@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import real, report, synthetic
+from . import predictive, real, report, synthetic
 from .model import BenchModel
 from .tasks import FAMILIES, VARIANTS
 
@@ -38,6 +38,12 @@ class Sizes:
     ddpm_steps: tuple = (8, 12, 16, 25, 50)
     sample_counts: tuple = (4, 8, 16, 32, 64)
     datasets: tuple = tuple(real.DATASETS)
+    real_sizes: tuple = (100, 200, 500)  # rows of the sized data sets (None: default size)
+    predictive_families: tuple = predictive.FAMILIES
+    predictive_ds: tuple = (1, 3, 5)
+    predictive_ks: tuple = (10, 30, 100)
+    predictive_tasks: int = 16
+    predictive_queries: int = 25
 
     def ks(self, d):
         return self.k_grid[d]
@@ -48,7 +54,9 @@ class Sizes:
                    variants=("none", "x * 3", "y * 10"), calibration_ks=(5, 10),
                    calibration_tasks=100, calibration_samples=32, sampler_tasks=100,
                    ddim_steps=(5, 25), ddpm_steps=(16, 50), sample_counts=(8, 32),
-                   datasets=("diabetes", "friedman1"))
+                   datasets=("diabetes", "friedman1"), real_sizes=(None,),
+                   predictive_families=("gp", "bimodal"), predictive_ds=(3,),
+                   predictive_ks=(10, 100), predictive_tasks=6)
 
 
 CURVE_SIZES = ("families", "ds", "k_grid", "tasks")  # all the curve baselines depend on
@@ -80,7 +88,11 @@ def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progr
             ("robustness", lambda: synthetic.robustness(model, sizes, sizes.variants, d, progress)),
             ("calibration", lambda: synthetic.calibration(model, sizes, d)),
             ("samplers", lambda: synthetic.samplers(model, sizes, d)),
-            ("real", lambda: real.cross_validate(model.estimator_params, sizes.datasets))]
+            ("predictive", lambda: predictive.compare(
+                model.estimator_params, sizes.predictive_families, sizes.predictive_ds,
+                sizes.predictive_ks, sizes.predictive_tasks, sizes.predictive_queries, progress)),
+            ("real", lambda: real.cross_validate(model.estimator_params, sizes.datasets,
+                                                 sizes=sizes.real_sizes))]
     for name, job in jobs:
         t0 = time.perf_counter()
         sections[name] = job()

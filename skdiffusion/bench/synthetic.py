@@ -8,7 +8,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import BayesianRidge
 from tqdm.auto import tqdm
 
-from .baselines import baselines_for, gaussian_process, predict_baselines
+from .baselines import GP, baselines_for, gaussian_process, predict_baselines
 from .metrics import (RELIABILITY_LEVELS, bootstrap_band, mc_corrected_sq_error,
                       probabilistic_scores, reliability)
 from .tasks import make_tasks, y_variance
@@ -100,7 +100,7 @@ def calibration(model, sizes, d=5):
         preds = {MODEL: (samples.mean(1), samples.std(1, ddof=1), samples),
                  "Bayes": (bm[:, 0], bs[:, 0], None),
                  "BayesianRidge": (*_fit_predict_std(lambda d: BayesianRidge(), tasks), None),
-                 "GP (RBF + white)": (*_fit_predict_std(gaussian_process, tasks), None)}
+                 GP: (*_fit_predict_std(gaussian_process, tasks), None)}
         for method, (m, s, smp) in preds.items():
             rows.append({"k": k, "method": method, **probabilistic_scores(y, m, s, smp)})
             pm = pooled.setdefault(method, [[], [], [], []])
