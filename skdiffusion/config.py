@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .denoiser import VARIANCE_CAP
 from .diffusion import PREDICTION_TYPES, SCHEDULES
+from .head import BASELINES
 from .pretrained import ARCHITECTURES, HEAD_DEFAULTS, make_spec
 from .priors import check_prior_spec
 
@@ -48,6 +49,10 @@ class ModelConfig:
         train it on each transformer pass.
     head_width, head_depth, head_pairs : int, default=64, 2, 4
         The diffusion head (``architecture="head"`` only).
+    baseline : {"ridge", "gp"}, default="ridge"
+        The closed-form Gaussian the network corrects: in-context ridge fits, or (with
+        ``architecture="head"`` only) in-context GP model averaging over RBF and linear
+        kernels and noise levels (:mod:`skdiffusion.kernels`).
     timesteps : int, default=50
         Diffusion steps T (10 to 1000).
     schedule : {"cosine", "linear"}, default="cosine"
@@ -76,6 +81,7 @@ class ModelConfig:
     head_width: int = HEAD_DEFAULTS["width"]
     head_depth: int = HEAD_DEFAULTS["depth"]
     head_pairs: int = HEAD_DEFAULTS["pairs"]
+    baseline: str = "ridge"
     timesteps: int = 50
     schedule: str = "cosine"
     prediction_type: str = "v"
@@ -108,6 +114,8 @@ class ModelConfig:
                      n_points=self.max_context + 16, max_context=self.max_context,
                      seed=self.seed)
         head = dict(width=self.head_width, depth=self.head_depth, pairs=self.head_pairs)
+        if self.baseline != "ridge":  # absent for ridge: earlier head keys stay valid
+            head["baseline"] = self.baseline
         return make_spec(self.prior, self.max_features, self.n_layer, self.n_embd, self.n_head,
                          self.timesteps, self.schedule, self.prediction_type, train=train,
                          variance_cap=self.variance_cap, centred_dof=self.centred_dof,
@@ -138,6 +146,10 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a positive number, got {value!r}")
         if not isinstance(self.centred_dof, bool):
             raise ValueError(f"centred_dof must be a bool, got {self.centred_dof!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline != "ridge" and self.architecture != "head":
+            raise ValueError(f"baseline={self.baseline!r} needs architecture='head'")
         check_prior_spec(self.prior)
 
 

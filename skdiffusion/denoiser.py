@@ -224,12 +224,27 @@ class SetDenoiser(nn.Module):
             nn.init.zeros_(self.read_out.weight)
             nn.init.zeros_(self.read_out.bias)
 
+    # the closed-form baseline: fitted to the context, evaluated at any x, as token inputs
+    def _baseline_fit(self, x, y, is_context):
+        return fit_ridge(x, y, is_context, penalty=self.ridge_penalty, centred=self.centred_dof)
+
+    def _baseline_features(self, fit, x):
+        return ridge_features_at(fit, x)
+
+    def moments(self, feats):
+        """Mean and variance of the Gaussian baseline from its features."""
+        return baseline_moments(feats, self.leverage_cap, self.variance_cap)
+
+    @staticmethod
+    def _feature_tokens(feats):
+        return torch.cat([feats[..., :-2], torch.log1p(feats[..., -2:])], -1)
+
     def _embed(self, x, y, is_context, t, feats):
         """Token embeddings (before the backbone's position embedding)."""
         flag = is_context.to(x.dtype)
         tokens = [x, y[..., None], flag[..., None]]
         if self.linear_baseline:
-            tokens.append(torch.cat([feats[..., :-2], torch.log1p(feats[..., -2:])], -1))
+            tokens.append(self._feature_tokens(feats))
         h = self.read_in(torch.cat(tokens, dim=-1))
         time = self.time_mlp(sinusoidal_embedding(t, self.n_embd).to(x.dtype))
         return h + (1.0 - flag)[..., None] * time
@@ -251,8 +266,7 @@ class SetDenoiser(nn.Module):
         With ``return_scale`` also returns the per-token scale the loss divides by."""
         if x.shape[-1] != self.max_features:
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
-        feats = (ridge_features(x, y, is_context, penalty=self.ridge_penalty,
-                                centred=self.centred_dof)
+        feats = (self._baseline_features(self._baseline_fit(x, y, is_context), x)
                  if self.linear_baseline else None)
         out = self._encode(self._embed(x, y, is_context, t, feats), is_context)
         return self._head(out, feats, y, t, return_scale)
@@ -279,10 +293,8 @@ class SetDenoiser(nn.Module):
         """Cache for :meth:`forward_targets`: per-layer context keys/values and ridge fit."""
         B, k = y_ctx.shape
         is_ctx = torch.ones((B, k), dtype=torch.bool, device=x_ctx.device)
-        fit = (fit_ridge(x_ctx, y_ctx, is_ctx, penalty=self.ridge_penalty,
-                         centred=self.centred_dof)
-               if self.linear_baseline else None)
-        feats = ridge_features_at(fit, x_ctx) if self.linear_baseline else None
+        fit = self._baseline_fit(x_ctx, y_ctx, is_ctx) if self.linear_baseline else None
+        feats = self._baseline_features(fit, x_ctx) if self.linear_baseline else None
         t = torch.zeros((B, k), dtype=torch.long, device=x_ctx.device)
         blocks, pos, _ = self._blocks()
         h = self._embed(x_ctx, y_ctx, is_ctx, t, feats) + pos
@@ -297,7 +309,7 @@ class SetDenoiser(nn.Module):
     def target_features(self, cache, x_q):
         """The ridge features of targets at x_q (None without the linear baseline); they
         depend on the context only, so samplers compute them once."""
-        return ridge_features_at(cache["fit"], x_q) if self.linear_baseline else None
+        return self._baseline_features(cache["fit"], x_q) if self.linear_baseline else None
 
     @torch.no_grad()
     def forward_targets(self, cache, x_q, y_t, t, feats=None):

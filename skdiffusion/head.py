@@ -25,8 +25,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .denoiser import (VARIANCE_CAP, SetDenoiser, baseline_moments, gaussian_denoiser,
-                       gaussian_residual_scale, mlp, ridge_features, sinusoidal_embedding)
+from . import kernels
+from .denoiser import (RIDGE_LAMBDAS, VARIANCE_CAP, VARIANCE_FLOOR, SetDenoiser,
+                       baseline_moments, gaussian_denoiser, gaussian_residual_scale, mlp,
+                       sinusoidal_embedding)
+
+BASELINES = ("ridge", "gp")
 
 TIME_FEATURES = 64
 
@@ -93,28 +97,51 @@ class HeadDenoiser(SetDenoiser):
     """GPT-2 encoder of (context, query x) tokens plus a :class:`DiffusionHead`.
 
     Parameters are those of :class:`~skdiffusion.denoiser.SetDenoiser` plus the head's
-    ``head_width`` and ``head_depth``. The linear baseline is required (the head learns
-    corrections to it)."""
+    ``head_width`` and ``head_depth``, and ``baseline``: the closed-form Gaussian the head
+    corrects (it is required), ``"ridge"`` (the in-context ridge fits of the set
+    denoiser) or ``"gp"`` (in-context GP model averaging over kernels and noise levels,
+    :mod:`skdiffusion.kernels`; its per-kernel moments and weights are token features)."""
 
     per_query_head = True
 
     def __init__(self, max_features=10, n_layer=4, n_embd=128, n_head=4, abar=None,
                  prediction_type="v", ridge_penalty="fixed", variance_cap=VARIANCE_CAP,
-                 centred_dof=False, head_width=64, head_depth=2):
+                 centred_dof=False, head_width=64, head_depth=2, baseline="ridge"):
         super().__init__(max_features, n_layer, n_embd, n_head, True, abar, prediction_type,
                          True, ridge_penalty, variance_cap, centred_dof)
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        self.baseline = baseline
+        if baseline == "gp":
+            n_in = self.read_in[0].in_features - (len(RIDGE_LAMBDAS) + 2) + kernels.N_FEATURES
+            self.read_in = mlp(n_in, 2 * n_embd, n_embd)
         del self.time_mlp, self.read_out  # the head owns time and the read-out
         self.head = DiffusionHead(n_embd, head_width, head_depth)
+
+    def _baseline_fit(self, x, y, is_context):
+        if self.baseline == "gp":  # float64 always (see kernels.gp_features)
+            return kernels.fit_gp(x.double(), y.double(), is_context)
+        return super()._baseline_fit(x, y, is_context)
+
+    def _baseline_features(self, fit, x):
+        if self.baseline == "gp":
+            return kernels.gp_features_at(fit, x.double()).to(x.dtype)
+        return super()._baseline_features(fit, x)
+
+    def _feature_tokens(self, feats):
+        return feats if self.baseline == "gp" else super()._feature_tokens(feats)
 
     def _embed(self, x, y, is_context, t, feats):
         """Token embeddings: clean y on context tokens, no y and no time on queries."""
         flag = is_context.to(x.dtype)
-        extra = torch.cat([feats[..., :-2], torch.log1p(feats[..., -2:])], -1)
+        extra = self._feature_tokens(feats)
         return self.read_in(torch.cat([x, (y * flag)[..., None], flag[..., None], extra], -1))
 
     def moments(self, feats):
-        """Mean and variance (..., 1) of the Gaussian baseline from ridge features
-        (..., 1, L + 2); they depend on the context only, so samplers compute them once."""
+        """Mean and variance (..., 1) of the Gaussian baseline from its features
+        (..., 1, n); they depend on the context only, so samplers compute them once."""
+        if self.baseline == "gp":
+            return kernels.gp_moments(feats, VARIANCE_FLOOR, self.variance_cap)
         return baseline_moments(feats, self.leverage_cap, self.variance_cap)
 
     def denoise(self, hc, moments, y_t, t, time=None, return_scale=False):
@@ -138,10 +165,10 @@ class HeadDenoiser(SetDenoiser):
         return self.head.time_embedding(t, like.dtype)
 
     def encode(self, x, y, is_context):
-        """Query embeddings (B, N, n_embd) and ridge features (B, N, L + 2) of every
-        token, in one masked pass (training); only target tokens' are meaningful."""
-        feats = ridge_features(x, y, is_context, penalty=self.ridge_penalty,
-                               centred=self.centred_dof)
+        """Query embeddings (B, N, n_embd) and baseline features of every token, in one
+        masked pass (training); only target tokens' are meaningful."""
+        feats = (kernels.gp_features(x, y, is_context) if self.baseline == "gp"
+                 else self._baseline_features(self._baseline_fit(x, y, is_context), x))
         return self._encode(self._embed(x, y, is_context, None, feats), is_context), feats
 
     def forward(self, x, y, is_context, y_t, t, return_scale=False):

@@ -7,7 +7,7 @@ nothing but memory use.
 
 import torch
 
-from .denoiser import baseline_moments, fit_ridge, pad_features, ridge_features_at
+from .denoiser import fit_ridge, pad_features, ridge_features_at
 from .diffusion import draw_noise, n_noise_draws, sample
 from .priors import context_stats
 
@@ -162,8 +162,7 @@ def baseline_predictive(model, x_ctx, y_ctx, x_q):
     closed-form features alone: the ablation of everything meta-training learned), for
     standardized, padded x_ctx (B, k, F), y_ctx (B, k) and x_q (B, m, F)."""
     is_ctx = torch.ones(y_ctx.shape, dtype=torch.bool, device=y_ctx.device)
-    fit = fit_ridge(x_ctx, y_ctx, is_ctx, penalty=model.ridge_penalty, centred=model.centred_dof)
-    return baseline_moments(ridge_features_at(fit, x_q), model.leverage_cap, model.variance_cap)
+    return model.moments(model._baseline_features(model._baseline_fit(x_ctx, y_ctx, is_ctx), x_q))
 
 
 def standardize_tasks(X_ctx, y_ctx, X_q):

@@ -74,7 +74,8 @@ def build(spec):
         if spec.get("architecture", "set") == "head":
             head = spec["head"]
             model = HeadDenoiser(*sizes, schedule.abar, spec["prediction_type"], *baseline,
-                                 head_width=head["width"], head_depth=head["depth"])
+                                 head_width=head["width"], head_depth=head["depth"],
+                                 baseline=head.get("baseline", "ridge"))
         else:
             model = SetDenoiser(*sizes, spec["linear_baseline"], schedule.abar,
                                 spec["prediction_type"], spec.get("residual_scaling", False),

@@ -19,6 +19,10 @@ TINY = dict(model=ModelConfig(**TINY_MODEL), sampler="ddim", n_sampling_steps=5,
 TINY_HEAD = dict(TINY, model=ModelConfig(**{**TINY_MODEL, "n_train_steps": 300},
                                          architecture="head", head_width=16),
                  sampler="ddpm")
+# the same head correcting in-context GP model averaging (kernels.py), on the functions prior
+TINY_HEAD_GP = dict(TINY_HEAD, model=ModelConfig(**{**TINY_MODEL, "n_train_steps": 300},
+                                                 architecture="head", head_width=16,
+                                                 baseline="gp", prior="functions"))
 
 
 def pytest_configure(config):

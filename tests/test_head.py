@@ -13,18 +13,18 @@ F, K, M, S = 6, 7, 5, 3
 SCHEDULE = NoiseSchedule(50)
 
 
-def make_model(dtype=torch.float64):
+def make_model(dtype=torch.float64, baseline="ridge"):
     torch.manual_seed(0)
     m = HeadDenoiser(max_features=F, n_layer=2, n_embd=32, n_head=2, abar=SCHEDULE.abar,
-                     head_width=16, head_depth=2).eval()
+                     head_width=16, head_depth=2, baseline=baseline).eval()
     for p in m.head.parameters():  # the head starts at zero; make its part count
         torch.nn.init.normal_(p, std=0.3)
     return m.to(dtype)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
+@pytest.fixture(scope="module", params=["ridge", "gp"])
+def model(request):
+    return make_model(baseline=request.param)
 
 
 def task(seed, k=K, m=M, d=4):
@@ -91,10 +91,11 @@ def test_cached_sampling_path_equals_full_forward(model, k):
 
 
 @torch.no_grad()
-def test_float32_samples_do_not_depend_on_the_other_queries():
+@pytest.mark.parametrize("baseline", ["ridge", "gp"])
+def test_float32_samples_do_not_depend_on_the_other_queries(baseline):
     """Fixed-size query chunks: a query's float32 samples are bit-identical alone, among
     others, in another order and past a chunk boundary."""
-    model = make_model(torch.float32)
+    model = make_model(torch.float32, baseline)
     g = torch.Generator().manual_seed(5)
     m = QUERY_CHUNK + 9
     x_ctx, y_ctx = torch.randn(1, 20, F, generator=g), torch.randn(1, 20, generator=g)

@@ -51,3 +51,12 @@ def test_speed(micro_model):
     text = run(ROOT / "benchmarks" / "speed.py", "--head", micro_model, "--repeat", 1,
                "--threads", 1, "--only", "head")  # the set model's timing takes a minute
     assert text.count("| 1 |") == 1 and "head" in text
+
+
+def test_family_curves(micro_model, tmp_path):
+    text = run(ROOT / "benchmarks" / "family_curves.py", micro_model, "--families", "bimodal",
+               "--ds", 1, "--ks", 10, "--tasks", 2, "--queries", 3, "--out", tmp_path)
+    assert "| features alone | ridge | 0 |" in text and "| 16 |" in text  # 4 steps x 4 tasks
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    stored = json.loads((tmp_path / "curves.json").read_text())
+    assert stored["models"][0]["tasks"] == 16 and "bimodal" in stored["features_alone"]["ridge"]

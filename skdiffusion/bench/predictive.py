@@ -56,13 +56,15 @@ def peers(params):
 
 
 def compare(params, families=FAMILIES, ds=(1, 3, 5), ks=(10, 30, 100), n_tasks=24,
-            n_queries=25, progress=False):
+            n_queries=25, progress=False, only=None):
     """Rows {family, d, k, method, crps, crps_vs_gp [lo, hi], nll, cov90, nse, seconds}.
 
     Scores are means over tasks of each task's mean over its queries; crps_vs_gp is the
     ratio of the method's mean CRPS to the ARD GP's on the same tasks, with a paired
-    percentile-bootstrap 90 % band over tasks; nse is the squared error over Var(y)."""
-    fns = peers(params)
+    percentile-bootstrap 90 % band over tasks; nse is the squared error over Var(y).
+    ``only``: the names of the methods to run (the GP always runs: it is the reference)."""
+    fns = {name: f for name, f in peers(params).items()
+           if only is None or name in only or name == GP}
     cells = [(fi, f, d, k) for fi, f in enumerate(families) for d in ds for k in ks]
     rows = []
     for fi, family, d, k in tqdm(cells, desc="predictive", disable=not progress):

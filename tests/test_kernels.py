@@ -1,0 +1,121 @@
+"""In-context GP model averaging (skdiffusion.kernels) against scikit-learn's GP, exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, WhiteKernel
+
+from skdiffusion import kernels
+from skdiffusion.kernels import N_KERNELS, fit_gp, gp_features, gp_features_at, gp_moments
+
+
+def _task(k=25, m=7, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((k + m, d))
+    y = np.sin(2 * x[:, 0]) + 0.5 * x[:, 1] + 0.1 * rng.standard_normal(k + m)
+    return x[:k], (y[:k] - y[:k].mean()) / y[:k].std(), x[k:]
+
+
+def _t(a):
+    return torch.as_tensor(a, dtype=torch.float64)[None]
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # sklearn: log(sigma_0 = 0)
+def test_each_kernel_is_sklearns_gp_at_the_profiled_signal_variance(monkeypatch):
+    """One lengthscale c and one ratio r: the RBF and linear members are exactly the GPs
+    s2 * (RBF(c sqrt(d)) + r) and s2 * (x.x'/d + r) with s2 the profile maximizer, and
+    their posterior weights are the ratio of scikit-learn's marginal likelihoods."""
+    c, r = 0.7, 0.05
+    monkeypatch.setattr(kernels, "LENGTHSCALES", (c,))
+    monkeypatch.setattr(kernels, "RATIOS", (r,))
+    monkeypatch.setattr(kernels, "PSEUDO", 0.0)
+    xc, yc, xq = _task()
+    k, d = xc.shape
+    feats = gp_features_at(fit_gp(_t(xc), _t(yc), torch.ones((1, k), dtype=torch.bool)),
+                           _t(xq))[0].numpy()
+    units = [RBF(c * math.sqrt(d)), DotProduct(sigma_0=0.0) * ConstantKernel(1 / d)]
+    lml = []
+    for j, unit in enumerate(units):
+        R = unit(xc)
+        s2 = yc @ np.linalg.solve(R + r * np.eye(k), yc) / k
+        kernel = ConstantKernel(s2) * unit + WhiteKernel(s2 * r)
+        gp = GaussianProcessRegressor(kernel, optimizer=None, alpha=0.0).fit(xc, yc)
+        mean, std = gp.predict(xq, return_std=True)
+        np.testing.assert_allclose(feats[:, j], mean, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(np.exp(feats[:, 2 + j]), std**2, rtol=1e-6)
+        lml.append(gp.log_marginal_likelihood_value_)
+    np.testing.assert_allclose(feats[:, 4], 1 / (1 + np.exp(lml[1] - lml[0])), rtol=1e-7)
+
+
+def test_model_average_is_the_mixture_of_its_members():
+    xc, yc, xq = _task(k=40, seed=1)
+    feats = gp_features_at(fit_gp(_t(xc), _t(yc), torch.ones((1, 40), dtype=torch.bool)),
+                           _t(xq))[0]
+    L = N_KERNELS
+    mu, var, p = feats[:, :L], feats[:, L:2 * L].exp(), feats[:, 2 * L:3 * L]
+    torch.testing.assert_close(p.sum(-1), torch.ones(len(xq), dtype=torch.float64))
+    m = (p * mu).sum(-1)
+    v = (p * (var + mu**2)).sum(-1) - m**2
+    torch.testing.assert_close(feats[:, -2], m)
+    torch.testing.assert_close(feats[:, -1].exp(), v)
+    mean, variance = gp_moments(feats, 1e-4, 10.0)
+    torch.testing.assert_close(variance, v.clamp(1e-4, 10.0))
+
+
+def test_masked_tokens_and_padding_change_nothing():
+    """Features of a task fitted among non-context tokens (anywhere in the sequence) and
+    zero-padded feature columns equal those of the bare context; an empty context gives
+    the prior (mean 0)."""
+    xc, yc, xq = _task(k=20, m=5, d=2, seed=2)
+    bare = gp_features(_t(np.vstack([xc, xq])), _t(np.r_[yc, np.zeros(5)]),
+                       torch.tensor([[True] * 20 + [False] * 5]))
+    order = np.random.default_rng(0).permutation(25)
+    x = np.pad(np.vstack([xc, xq])[order], ((0, 0), (0, 3)))
+    y = np.r_[yc, 99 * np.ones(5)][order]                  # y of non-context never read
+    is_ctx = torch.tensor(order < 20)[None]
+    mixed = gp_features(_t(x), _t(y), is_ctx)
+    torch.testing.assert_close(mixed[0, np.argsort(order)], bare[0], rtol=1e-9, atol=1e-9)
+    empty = gp_features(_t(x), _t(y), torch.zeros((1, 25), dtype=torch.bool))
+    assert torch.all(empty[..., -2] == 0) and torch.isfinite(empty).all()
+
+
+def test_a_batch_is_its_tasks_and_rbf_wins_on_a_curve_linear_on_a_line():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 60, 1))
+    y = np.stack([np.sin(3 * x[0, :, 0]), 2 * x[1, :, 0]]) + 0.05 * rng.standard_normal((2, 60))
+    is_ctx = torch.arange(60)[None] < torch.tensor([[50], [30]])
+    both = gp_features(torch.as_tensor(x), torch.as_tensor(y), is_ctx)
+    for b in range(2):
+        alone = gp_features(torch.as_tensor(x[b:b + 1]), torch.as_tensor(y[b:b + 1]), is_ctx[b:b + 1])
+        torch.testing.assert_close(both[b], alone[0], rtol=1e-9, atol=1e-9)
+    weights = both[:, 0, 2 * N_KERNELS:3 * N_KERNELS]
+    assert weights[0, :-1].sum() > 0.99                    # a curve: the RBF members
+    assert weights[1, -1] > 0.9                            # a line: the linear member
+    err = (both[:, 50:, -2] - torch.as_tensor(y[:, 50:])).abs().max()
+    assert err < 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype):
+    from skdiffusion.config import ModelConfig
+    from skdiffusion.pretrained import build
+
+    spec = ModelConfig(architecture="head", baseline="gp", max_features=4, n_layer=1, n_embd=16,
+                       n_head=2, timesteps=20).spec()
+    model, schedule = build(spec)
+    model = model.to(dtype)
+    xc, yc, xq = _task(k=30, m=6, d=3, seed=4)
+    x = torch.as_tensor(np.pad(np.vstack([xc, xq]), ((0, 0), (0, 1))), dtype=dtype)[None]
+    y = torch.as_tensor(np.r_[yc, np.zeros(6)], dtype=dtype)[None]
+    is_ctx = torch.arange(36)[None] < 30
+    h, feats = model.encode(x, y, is_ctx)
+    m, s2 = model.moments(feats[~is_ctx][:, None])
+    ref = gp_moments(gp_features(x.double(), y.double(), is_ctx), 1e-4, 10.0)
+    tol = 1e-3 if dtype == torch.float32 else 1e-9  # float32 eigh at ratio 1e-4
+    torch.testing.assert_close(m[:, 0].double(), ref[0][~is_ctx], rtol=tol, atol=tol)
+    torch.testing.assert_close(s2[:, 0].double(), ref[1][~is_ctx], rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="needs architecture='head'"):
+        ModelConfig(baseline="gp").spec()
