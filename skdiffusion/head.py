@@ -112,6 +112,9 @@ class HeadDenoiser(SetDenoiser):
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         self.baseline = baseline
+        # a context split into parts (larger than meta-training's) gets the baseline of
+        # the whole context: a GP on all points is much sharper than a pool of GPs on parts
+        self.whole_context_baseline = baseline == "gp"
         if baseline == "gp":
             n_in = self.read_in[0].in_features - (len(RIDGE_LAMBDAS) + 2) + kernels.N_FEATURES
             self.read_in = mlp(n_in, 2 * n_embd, n_embd)

@@ -40,6 +40,7 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=4096):
 
 
 QUERY_CHUNK = 64  # queries per encoder pass; a multiple of every SIMD width
+WHOLE_CONTEXT_MAX = 1024  # largest context whose baseline is fitted whole (see below)
 HEAD_ROWS = 16384  # (query, sample) rows per head pass, to bound memory (4 MB a tensor)
 
 
@@ -57,12 +58,24 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     slower: per-call overhead dominates). So in float32 too a query's result does not
     depend on the rest of the call (tested bit for bit, and by scikit-learn's subset and
     order invariance checks).
+
+    A model with ``whole_context_baseline`` (the GP baseline) given several parts of one
+    context (of up to ``WHOLE_CONTEXT_MAX`` points in all) takes its baseline's fit, for
+    context and query tokens alike, from all the parts together; the transformer still
+    attends to one part at a time.
     """
     m = x_q.shape[1]
     x_pad = torch.nn.functional.pad(x_q, (0, 0, 0, -m % chunk))
+    whole = None
+    k = sum(y.shape[1] for _, y in contexts)
+    if len(contexts) > 1 and getattr(model, "whole_context_baseline", False) \
+            and k <= WHOLE_CONTEXT_MAX:
+        y_all = torch.cat([y for _, y in contexts], 1)
+        whole = model._baseline_fit(torch.cat([x for x, _ in contexts], 1), y_all,
+                                    torch.ones_like(y_all, dtype=torch.bool))
     hs, feats = [], []
     for x_ctx, y_ctx in contexts:
-        cache = model.encode_context(x_ctx, y_ctx)
+        cache = model.encode_context(x_ctx, y_ctx, whole)
         parts = [model.encode_queries(cache, x_pad[:, i:i + chunk])
                  for i in range(0, x_pad.shape[1], chunk)]
         hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])

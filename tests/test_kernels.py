@@ -119,3 +119,31 @@ def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype):
     torch.testing.assert_close(s2[:, 0].double(), ref[1][~is_ctx], rtol=tol, atol=tol)
     with pytest.raises(ValueError, match="needs architecture='head'"):
         ModelConfig(baseline="gp").spec()
+
+
+def test_a_context_split_into_parts_gets_the_whole_contexts_baseline(tmp_path):
+    """A context larger than meta-training's is split into parts for the transformer, but
+    the GP baseline is fitted to all of it: an untrained (zero-head) model samples the
+    whole context's model average, as the same model does when the context fits whole
+    (the same sampler, so the same discretization error), not a pool of the parts' ones."""
+    from skdiffusion import DiffusionICLRegressor
+    from skdiffusion.bench.predictive import features_alone
+    from skdiffusion.checkpoint import save_model
+    from skdiffusion.config import ModelConfig
+    from skdiffusion.pretrained import build
+
+    xc, yc, xq = _task(k=50, m=5, d=2, seed=5)
+    samples = {}
+    for max_context in (16, 64):
+        spec = ModelConfig(architecture="head", baseline="gp", max_features=4, n_layer=1,
+                           max_context=max_context, n_embd=16, n_head=2, timesteps=20).spec()
+        save_model(str(tmp_path / str(max_context)), build(spec)[0], spec)
+        params = {"model": str(tmp_path / str(max_context)), "n_samples": 4000,
+                  "random_state": 0}
+        reg = DiffusionICLRegressor(**params).fit(xc, yc)
+        n_parts = len(reg._context_subsets(50, np.random.default_rng(0)))
+        assert n_parts == (4 if max_context == 16 else 1)
+        samples[max_context] = reg.sample(xq)
+    m, s, _ = features_alone(params)(xc, yc, xq)
+    np.testing.assert_allclose(samples[16].mean(1), m, atol=0.05 * s.max())
+    np.testing.assert_allclose(samples[16].std(1), samples[64].std(1), rtol=0.05)
