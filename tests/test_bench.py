@@ -102,11 +102,14 @@ def test_tiny_report_end_to_end(tmp_path, tiny, tiny_model, monkeypatch):
         "skdiffusion", "BayesianRidge", "GP (ARD)", "random forest", "NGBoost", "features alone"}
 
     # a second run reusing this report's curve baselines refits none of them (only the
-    # robustness section's) and reproduces every curve row
+    # robustness section's) and reproduces every curve row; nor are the predictive and
+    # real-data peers refitted (NGBoost stands for them)
+    import skdiffusion.bench.real as real
     import skdiffusion.bench.synthetic as synthetic
     calls = []
     fit = synthetic.predict_baselines
     monkeypatch.setattr(synthetic, "predict_baselines", lambda *a: calls.append(1) or fit(*a))
+    monkeypatch.setattr(real, "_ngboost", lambda *a: pytest.fail("NGBoost refitted"))
     again = tmp_path / "again"
     run(tiny, sizes, str(again), "tiny", log=lambda *a: None,
         reuse=str(tmp_path / "report.json"))
@@ -114,6 +117,10 @@ def test_tiny_report_end_to_end(tmp_path, tiny, tiny_model, monkeypatch):
     curves = json.loads((again / "report.json").read_text())["curves"]
     key = lambda r: (r["family"], r["k"], r["method"])  # noqa: E731
     assert sorted(curves, key=key) == sorted(rep["curves"], key=key)
+    rerun = json.loads((again / "report.json").read_text())
+    timeless = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    for section in ("predictive", "real"):  # the same model: the same rows
+        assert timeless(rerun[section]) == timeless(rep[section])
     with pytest.raises(ValueError, match="other sizes"):
         run(tiny, Sizes.quick(), str(again), reuse=str(tmp_path / "report.json"))
 

@@ -59,17 +59,24 @@ class Sizes:
                    predictive_ks=(10, 100), predictive_tasks=6)
 
 
-CURVE_SIZES = ("families", "ds", "k_grid", "tasks")  # all the curve baselines depend on
+# the sizes that each section's model-independent rows (baselines, peers) depend on
+REUSABLE = {"curves": ("families", "ds", "k_grid", "tasks"),
+            "predictive": ("predictive_families", "predictive_ds", "predictive_ks",
+                           "predictive_tasks", "predictive_queries"),
+            "real": ("datasets", "real_sizes")}
 
 
 def baseline_rows(report_path, sizes):
-    """The curve rows of an earlier ``report.json`` whose curves had the same sizes."""
+    """{section: rows} of an earlier ``report.json``, for each section whose sizes were
+    the same as now (a section it does not have, or ran at other sizes, is refitted)."""
     with open(report_path) as f:
         old = json.load(f)
     new = json.loads(json.dumps(asdict(sizes)))
-    if any(old["sizes"].get(f) != new[f] for f in CURVE_SIZES):
+    out = {sec: old.get(sec, ()) for sec, fields in REUSABLE.items()
+           if all(old["sizes"].get(f) == new[f] for f in fields)}
+    if "curves" not in out:
         raise ValueError(f"{report_path} was run with other sizes; its baselines do not apply")
-    return old["curves"]
+    return out
 
 
 def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progress=False,
@@ -77,22 +84,25 @@ def run(params=None, sizes=None, out=DEFAULT_OUT, command=None, log=print, progr
     """Run all benchmarks, write the report to ``out`` and return its Markdown text.
 
     ``reuse``: path of an earlier ``report.json`` with the same sizes whose in-context
-    curve baselines are taken over instead of refitted (they do not depend on the model)."""
+    curve baselines, predictive peers and real-data peers are taken over instead of
+    refitted (they do not depend on the model)."""
     sizes = sizes or Sizes()
     model = BenchModel(params)
-    old_curves = baseline_rows(reuse, sizes) if reuse else ()
+    old = baseline_rows(reuse, sizes) if reuse else {}
     sections, timing = {}, {}
     d = sizes.ds[0]  # robustness, calibration and samplers use the first d
     jobs = [("curves", lambda: synthetic.curves(model, sizes, sizes.families, progress,
-                                                old_curves)),
+                                                old.get("curves", ()))),
             ("robustness", lambda: synthetic.robustness(model, sizes, sizes.variants, d, progress)),
             ("calibration", lambda: synthetic.calibration(model, sizes, d)),
             ("samplers", lambda: synthetic.samplers(model, sizes, d)),
             ("predictive", lambda: predictive.compare(
                 model.estimator_params, sizes.predictive_families, sizes.predictive_ds,
-                sizes.predictive_ks, sizes.predictive_tasks, sizes.predictive_queries, progress)),
+                sizes.predictive_ks, sizes.predictive_tasks, sizes.predictive_queries, progress,
+                reuse=old.get("predictive", ()))),
             ("real", lambda: real.cross_validate(model.estimator_params, sizes.datasets,
-                                                 sizes=sizes.real_sizes))]
+                                                 sizes=sizes.real_sizes,
+                                                 reuse=old.get("real", ())))]
     for name, job in jobs:
         t0 = time.perf_counter()
         sections[name] = job()

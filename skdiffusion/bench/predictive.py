@@ -55,14 +55,20 @@ def peers(params):
     return {**out, FEATURES_ALONE: features_alone(params)}
 
 
-def compare(params, families=FAMILIES, ds=(1, 3, 5), ks=(10, 30, 100), n_tasks=24,
-            n_queries=25, progress=False, only=None):
-    """Rows {family, d, k, method, crps, crps_vs_gp [lo, hi], nll, cov90, nse, seconds}.
+MODEL_DEPENDENT = ("skdiffusion", FEATURES_ALONE)  # the rows a new model must recompute
 
-    Scores are means over tasks of each task's mean over its queries; crps_vs_gp is the
-    ratio of the method's mean CRPS to the ARD GP's on the same tasks, with a paired
-    percentile-bootstrap 90 % band over tasks; nse is the squared error over Var(y).
-    ``only``: the names of the methods to run (the GP always runs: it is the reference)."""
+
+def compare(params, families=FAMILIES, ds=(1, 3, 5), ks=(10, 30, 100), n_tasks=24,
+            n_queries=25, progress=False, only=None, reuse=()):
+    """Rows {family, d, k, method, crps, crps_vs_gp [lo, hi], nll, cov90, nse, seconds,
+    task_crps}.
+
+    Scores are means over tasks of each task's mean over its queries (task_crps: the
+    per-task CRPS); crps_vs_gp is the ratio of the method's mean CRPS to the ARD GP's on
+    the same tasks, with a paired percentile-bootstrap 90 % band over tasks; nse is the
+    squared error over Var(y). ``only``: the names of the methods to run (the GP always
+    runs: it is the reference). ``reuse``: rows of an earlier call with the same sizes
+    whose methods (except :data:`MODEL_DEPENDENT`) are taken over instead of refitted."""
     fns = {name: f for name, f in peers(params).items()
            if only is None or name in only or name == GP}
     cells = [(fi, f, d, k) for fi, f in enumerate(families) for d in ds for k in ks]
@@ -70,25 +76,31 @@ def compare(params, families=FAMILIES, ds=(1, 3, 5), ks=(10, 30, 100), n_tasks=2
     for fi, family, d, k in tqdm(cells, desc="predictive", disable=not progress):
         X, y = make_function_tasks(family, n_tasks, k, d, n_queries, 7919 * fi + 31 * d + k)
         var = float(np.var(y))
-        per_task, seconds = {}, {}
+        old = {r["method"]: r for r in reuse if (r["family"], r["d"], r["k"]) == (family, d, k)
+               and r["method"] not in MODEL_DEPENDENT}
+        stats = {}
         for name, fit_predict in fns.items():
+            if name in old:
+                stats[name] = old[name]
+                continue
             t0, scores = time.perf_counter(), []
             for Xi, yi in zip(X, y):
                 pred = fit_predict_quietly(fit_predict, Xi[:k], yi[:k], Xi[k:])
                 scores.append(score(yi[k:], *pred))
-            per_task[name], seconds[name] = scores, time.perf_counter() - t0
-        gp_crps = np.array([sc["crps"] for sc in per_task[GP]])
-        for name, scores in per_task.items():
-            crps = np.array([sc["crps"] for sc in scores])
-            idx = np.random.default_rng(fi * 100 + k).integers(0, n_tasks, (1000, n_tasks))
+            stats[name] = {"nse": float(np.mean([sc["rmse"] ** 2 for sc in scores]) / var),
+                           "seconds": (time.perf_counter() - t0) / n_tasks,
+                           "task_crps": [sc["crps"] for sc in scores],
+                           **{key: float(np.mean([sc[key] for sc in scores]))
+                              for key in ("crps", "nll", "cov90")}}
+        gp_crps = np.array(stats[GP]["task_crps"])
+        idx = np.random.default_rng(fi * 100 + k).integers(0, n_tasks, (1000, n_tasks))
+        for name, st in stats.items():
+            crps = np.array(st["task_crps"])
             ratios = crps[idx].mean(1) / gp_crps[idx].mean(1)
-            row = {"family": family, "d": d, "k": k, "method": name,
-                   "crps_vs_gp": float(crps.mean() / gp_crps.mean()),
-                   "lo": float(np.quantile(ratios, 0.05)), "hi": float(np.quantile(ratios, 0.95)),
-                   "nse": float(np.mean([sc["rmse"] ** 2 for sc in scores]) / var),
-                   "seconds": seconds[name] / n_tasks}
-            row.update({key: float(np.mean([sc[key] for sc in scores]))
-                        for key in ("crps", "nll", "cov90")})
-            rows.append(row)
+            rows.append({"family": family, "d": d, "k": k, "method": name,
+                         "crps_vs_gp": float(crps.mean() / gp_crps.mean()),
+                         "lo": float(np.quantile(ratios, 0.05)),
+                         "hi": float(np.quantile(ratios, 0.95)),
+                         **{key: st[key] for key in ("crps", "nll", "cov90", "nse", "seconds",
+                                                     "task_crps")}})
     return rows
-
