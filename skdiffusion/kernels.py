@@ -1,11 +1,12 @@
 """In-context Gaussian-process model averaging: the closed-form baseline ``baseline="gp"``.
 
 For each task, on its standardized context (k points, d used features), a GP with
-kernel s^2 (R_j + r I) is fitted for every kernel R_j of a small family (isotropic RBFs
-with lengthscales ``LENGTHSCALES`` x sqrt(d), and the linear kernel x.x' / d) and every
-noise-to-signal ratio r of the grid ``RATIOS``. The signal variance s^2 has a closed-form
-maximizer given (j, r) (shrunk towards 1, the variance of standardized y, by PSEUDO
-pseudo-observations, so empty and exactly-fitted contexts stay well-defined), and
+kernel s^2 (R_j + c + r I) is fitted for every kernel R_j of a small family (isotropic
+RBFs with lengthscales ``LENGTHSCALES`` x sqrt(d), and the linear kernel x.x' / d), an
+unknown constant mean (prior variance c = ``INTERCEPT``) and every noise-to-signal ratio
+r of the grid ``RATIOS``. The signal variance s^2 has a closed-form maximizer given
+(j, r) (shrunk towards 1, the variance of standardized y, by PSEUDO pseudo-observations,
+so that tiny and exactly-fitted contexts stay well-defined), and
 p(j, r | context) is proportional to the profile marginal likelihood (a uniform prior over
 the grid). The predictive of y at x is the mixture over (j, r) of the GP predictives
 N(mu_jr(x), v_jr(x)) (v includes the noise s^2 r): its mean and variance are the
@@ -22,7 +23,11 @@ import torch
 
 LENGTHSCALES = (0.25, 0.5, 1.0, 2.0)  # times sqrt(d), on standardized inputs
 RATIOS = tuple(10 ** (-4 + 5 * i / 15) for i in range(16))  # noise / signal variance, 1e-4..10
-PSEUDO = 0.01
+PSEUDO = 1.0  # pseudo-observations of variance 1 in the signal variance
+# Every kernel gets a constant INTERCEPT (an unknown mean, nearly flat prior): standardized
+# y is orthogonal to the constant vector, which a GP without one reads as a direction
+# observed without noise (it then prefers the smallest noise ratio, most of all at k = 2).
+INTERCEPT = 1e3
 N_KERNELS = len(LENGTHSCALES) + 1
 N_FEATURES = 3 * N_KERNELS + 2
 
@@ -36,14 +41,14 @@ def _kernel_matrices(xa, xb, d):
     """Unit-variance kernels between xa (B, Na, F) and xb (B, Nb, F): a list of (B, Na, Nb)."""
     sq = (xa * xa).sum(-1)[..., :, None] + (xb * xb).sum(-1)[..., None, :] - 2 * xa @ xb.transpose(1, 2)
     sq = sq.clamp(min=0) / d
-    out = [torch.exp(-0.5 * sq / c**2) for c in LENGTHSCALES]
-    return out + [xa @ xb.transpose(1, 2) / d]
+    out = [torch.exp(-0.5 * sq / c**2) for c in LENGTHSCALES] + [xa @ xb.transpose(1, 2) / d]
+    return [K + INTERCEPT for K in out]
 
 
 def _diag(x, d):
     """Prior variances k(x, x) of each kernel at x (B, N, F): a list of (B, N)."""
     ones = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
-    return [ones] * len(LENGTHSCALES) + [(x * x).sum(-1) / d[..., 0]]
+    return [v + INTERCEPT for v in [ones] * len(LENGTHSCALES) + [(x * x).sum(-1) / d[..., 0]]]
 
 
 def _eigh(K):

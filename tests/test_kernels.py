@@ -26,12 +26,14 @@ def _t(a):
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # sklearn: log(sigma_0 = 0)
 def test_each_kernel_is_sklearns_gp_at_the_profiled_signal_variance(monkeypatch):
     """One lengthscale c and one ratio r: the RBF and linear members are exactly the GPs
-    s2 * (RBF(c sqrt(d)) + r) and s2 * (x.x'/d + r) with s2 the profile maximizer, and
-    their posterior weights are the ratio of scikit-learn's marginal likelihoods."""
+    s2 * (RBF(c sqrt(d)) + c0 + r) and s2 * (x.x'/d + c0 + r) (c0: the unknown mean's
+    prior variance) with s2 the profile maximizer, and their posterior weights are the
+    ratio of scikit-learn's marginal likelihoods."""
     c, r = 0.7, 0.05
     monkeypatch.setattr(kernels, "LENGTHSCALES", (c,))
     monkeypatch.setattr(kernels, "RATIOS", (r,))
     monkeypatch.setattr(kernels, "PSEUDO", 0.0)
+    c0 = kernels.INTERCEPT
     xc, yc, xq = _task()
     k, d = xc.shape
     feats = gp_features_at(fit_gp(_t(xc), _t(yc), torch.ones((1, k), dtype=torch.bool)),
@@ -39,6 +41,7 @@ def test_each_kernel_is_sklearns_gp_at_the_profiled_signal_variance(monkeypatch)
     units = [RBF(c * math.sqrt(d)), DotProduct(sigma_0=0.0) * ConstantKernel(1 / d)]
     lml = []
     for j, unit in enumerate(units):
+        unit = unit + ConstantKernel(c0)                    # the unknown mean
         R = unit(xc)
         s2 = yc @ np.linalg.solve(R + r * np.eye(k), yc) / k
         kernel = ConstantKernel(s2) * unit + WhiteKernel(s2 * r)
