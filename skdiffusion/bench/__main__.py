@@ -42,7 +42,7 @@ class Sizes:
     predictive_families: tuple = predictive.FAMILIES
     predictive_ds: tuple = (1, 3, 5)
     predictive_ks: tuple = (10, 30, 100)
-    predictive_tasks: int = 16
+    predictive_tasks: int = 8
     predictive_queries: int = 25
 
     def ks(self, d):
