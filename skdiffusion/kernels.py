@@ -7,8 +7,8 @@ unknown constant mean (prior variance c = ``INTERCEPT``) and every noise-to-sign
 r of the grid ``RATIOS``. The signal variance s^2 has a closed-form maximizer given
 (j, r) (shrunk towards 1, the variance of standardized y, by PSEUDO pseudo-observations,
 so that tiny and exactly-fitted contexts stay well-defined), and
-p(j, r | context) is proportional to the profile marginal likelihood (a uniform prior over
-the grid). The predictive of y at x is the mixture over (j, r) of the GP predictives
+p(j, r | context) is proportional to the profile marginal likelihood times the prior:
+``LINEAR_PRIOR`` on the linear kernel, the rest shared by the RBFs, ratios uniform. The predictive of y at x is the mixture over (j, r) of the GP predictives
 N(mu_jr(x), v_jr(x)) (v includes the noise s^2 r): its mean and variance are the
 baseline's moments, and the per-kernel means, log variances and posterior weights are
 features for the network.
@@ -51,6 +51,17 @@ def _diag(x, d):
     return [v + INTERCEPT for v in [ones] * len(LENGTHSCALES) + [(x * x).sum(-1) / d[..., 0]]]
 
 
+LINEAR_PRIOR = 0.8  # prior probability of the linear kernel (the RBFs share the rest)
+
+
+def _log_prior(loglik):
+    """Log prior over (kernel, ratio) (B, L, R): kernels as above, ratios uniform."""
+    n_rbf = loglik.shape[1] - 1
+    p = torch.tensor([(1 - LINEAR_PRIOR) / n_rbf] * n_rbf + [LINEAR_PRIOR], dtype=loglik.dtype,
+                     device=loglik.device)
+    return torch.log(p)[None, :, None]
+
+
 def _eigh(K):
     """Batched symmetric eigendecomposition, by LAPACK on the CPU: CUDA's batched eigh
     loops over the matrices above 32 x 32 and its Jacobi variant can fail to converge on
@@ -86,7 +97,7 @@ def fit_gp(x, y, is_context):
         loglik = -0.5 * (k[:, None] * torch.log(s2) + logdet)            # (B, R)
         fits.append((U, inv, z, s2, loglik))
     loglik = torch.stack([f[4] for f in fits], 1)                        # (B, L, R)
-    post = torch.softmax(loglik.flatten(1), -1).view(loglik.shape)
+    post = torch.softmax((loglik + _log_prior(loglik)).flatten(1), -1).view(loglik.shape)
     return {"x": xc, "w": w, "d": d, "r": r, "kernels": fits, "post": post}
 
 

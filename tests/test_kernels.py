@@ -27,8 +27,8 @@ def _t(a):
 def test_each_kernel_is_sklearns_gp_at_the_profiled_signal_variance(monkeypatch):
     """One lengthscale c and one ratio r: the RBF and linear members are exactly the GPs
     s2 * (RBF(c sqrt(d)) + c0 + r) and s2 * (x.x'/d + c0 + r) (c0: the unknown mean's
-    prior variance) with s2 the profile maximizer, and their posterior weights are the
-    ratio of scikit-learn's marginal likelihoods."""
+    prior variance) with s2 the profile maximizer, and their posterior odds are the prior
+    odds times the ratio of scikit-learn's marginal likelihoods."""
     c, r = 0.7, 0.05
     monkeypatch.setattr(kernels, "LENGTHSCALES", (c,))
     monkeypatch.setattr(kernels, "RATIOS", (r,))
@@ -50,7 +50,9 @@ def test_each_kernel_is_sklearns_gp_at_the_profiled_signal_variance(monkeypatch)
         np.testing.assert_allclose(feats[:, j], mean, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(np.exp(feats[:, 2 + j]), std**2, rtol=1e-6)
         lml.append(gp.log_marginal_likelihood_value_)
-    np.testing.assert_allclose(feats[:, 4], 1 / (1 + np.exp(lml[1] - lml[0])), rtol=1e-7)
+    prior = 1 - kernels.LINEAR_PRIOR, kernels.LINEAR_PRIOR
+    odds = prior[1] / prior[0] * np.exp(lml[1] - lml[0])
+    np.testing.assert_allclose(feats[:, 4], 1 / (1 + odds), rtol=1e-7)
 
 
 def test_model_average_is_the_mixture_of_its_members():
