@@ -6,10 +6,10 @@ RBFs with lengthscales ``LENGTHSCALES`` x sqrt(d), and the linear kernel x.x' / 
 unknown constant mean (prior variance c = ``INTERCEPT``) and every noise-to-signal ratio
 r of the grid ``RATIOS``. The signal variance s^2 has a closed-form maximizer given
 (j, r) (shrunk towards 1, the variance of standardized y, by PSEUDO pseudo-observations,
-so that tiny and exactly-fitted contexts stay well-defined), and
-p(j, r | context) is proportional to the profile marginal likelihood times the prior:
-``LINEAR_PRIOR`` on the linear kernel, the rest shared by the RBFs, ratios uniform. The predictive of y at x is the mixture over (j, r) of the GP predictives
-N(mu_jr(x), v_jr(x)) (v includes the noise s^2 r): its mean and variance are the
+so that tiny and exactly-fitted contexts stay well-defined), and p(j, r | context) is
+proportional to the profile marginal likelihood times the prior: ``LINEAR_PRIOR`` on the
+linear kernel, the rest shared by the RBFs, ratios uniform. The predictive of y at x is
+the mixture over (j, r) of the GP predictives N(mu_jr(x), v_jr(x)) (v includes the noise s^2 r): its mean and variance are the
 baseline's moments, and the per-kernel means, log variances and posterior weights are
 features for the network.
 
