@@ -1,7 +1,8 @@
 """ModelConfig: one object that describes a meta-trained model, as a kernel describes a GP.
 
-``DiffusionICLRegressor(model=...)`` takes the shipped default by name (``"default"``), a
-trained-model directory, or a :class:`ModelConfig`. A configuration names everything
+``DiffusionICLRegressor(model=...)`` takes a shipped model by name (``"default"`` or
+``"linear"``, see :func:`named_model`), a trained-model directory, or a
+:class:`ModelConfig`. A configuration names everything
 meta-training depends on (task prior, architecture, diffusion and training settings);
 its :meth:`~ModelConfig.spec` is hashed into the cache key under which the trained
 denoiser is stored, so equal configurations share one trained model.
@@ -9,7 +10,7 @@ denoiser is stored, so equal configurations share one trained model.
 
 import json
 import shlex
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from .denoiser import VARIANCE_CAP
 from .diffusion import PREDICTION_TYPES, SCHEDULES
@@ -18,22 +19,22 @@ from .pretrained import ARCHITECTURES, HEAD_DEFAULTS, make_spec
 from .priors import check_prior_spec
 
 
-def _default_prior():
-    return ("noisy_linear", {"noise_range": (0.01, 5.0)})
-
-
 @dataclass
 class ModelConfig:
     """Configuration of a meta-trained denoiser; the defaults are the shipped model's.
 
     Parameters
     ----------
-    prior : str, tuple or dict, default=("noisy_linear", {"noise_range": (0.01, 5.0)})
+    prior : str, tuple or dict, default="functions"
         Task prior of meta-training: a family name (see
         :data:`skdiffusion.priors.PRIORS`), ``(name, kwargs)``, or
-        ``{"mixture": [(spec, weight), ...]}``. The default (noise std log-uniform from
-        0.01 to 5, for d <= 10 signals of variance d) spans nearly noiseless to
-        mostly-noise linear tasks.
+        ``{"mixture": [(spec, weight), ...]}``. The default draws GP samples with random
+        kernels, random MLPs, step functions, additive curves and linear functions, with
+        Gaussian, heteroscedastic, heavy-tailed, skewed or bimodal noise, on mixed-type
+        inputs (:class:`skdiffusion.priors.Functions`). The previous default model used
+        ``("noisy_linear", {"noise_range": (0.01, 5.0)})``, ``architecture="set"``,
+        ``baseline="ridge"``, ``n_train_steps=5500`` and ``batch_size=512``; its weights
+        are shipped too.
     max_features : int, default=10
         Largest number of features the denoiser accepts.
     max_context : int, default=128
@@ -41,7 +42,7 @@ class ModelConfig:
         disjoint subsets at prediction time and their samples pooled.
     n_layer, n_embd, n_head : int, default=4, 96, 4
         Size of the GPT-2 backbone.
-    architecture : {"set", "head"}, default="set"
+    architecture : {"set", "head"}, default="head"
         ``"set"``: y_t and t enter the query token, so the transformer runs at every
         sampling step. ``"head"``: the transformer encodes each query once and a small
         diffusion head (``head_width`` x ``head_depth`` residual blocks, MAR-style) runs
@@ -49,7 +50,7 @@ class ModelConfig:
         train it on each transformer pass.
     head_width, head_depth, head_pairs : int, default=64, 2, 4
         The diffusion head (``architecture="head"`` only).
-    baseline : {"ridge", "gp"}, default="ridge"
+    baseline : {"ridge", "gp"}, default="gp"
         The closed-form Gaussian the network corrects: in-context ridge fits, or (with
         ``architecture="head"`` only) in-context GP model averaging over RBF and linear
         kernels and noise levels (:mod:`skdiffusion.kernels`).
@@ -59,7 +60,7 @@ class ModelConfig:
         Noise schedule; both end with abar_T < 1e-3 for every T.
     prediction_type : {"v", "epsilon", "sample"}, default="v"
         What the network predicts.
-    n_train_steps, batch_size, learning_rate : default=5500, 512, 1e-3
+    n_train_steps, batch_size, learning_rate : default=8000, 128, 1e-3
         Meta-training optimizer steps, tasks per step and peak AdamW learning rate.
     variance_cap : float, default=10.0
         Largest variance (standardized units of y) of the in-context linear baseline the
@@ -71,22 +72,22 @@ class ModelConfig:
         Seeds the initialization and the task draws of meta-training.
     """
 
-    prior: object = field(default_factory=_default_prior)
+    prior: object = "functions"
     max_features: int = 10
     max_context: int = 128
     n_layer: int = 4
     n_embd: int = 96
     n_head: int = 4
-    architecture: str = "set"
+    architecture: str = "head"
     head_width: int = HEAD_DEFAULTS["width"]
     head_depth: int = HEAD_DEFAULTS["depth"]
     head_pairs: int = HEAD_DEFAULTS["pairs"]
-    baseline: str = "ridge"
+    baseline: str = "gp"
     timesteps: int = 50
     schedule: str = "cosine"
     prediction_type: str = "v"
-    n_train_steps: int = 5500
-    batch_size: int = 512
+    n_train_steps: int = 8000
+    batch_size: int = 128
     learning_rate: float = 1e-3
     variance_cap: float = VARIANCE_CAP
     centred_dof: bool = False
@@ -154,6 +155,19 @@ class ModelConfig:
 
 
 FIELDS = tuple(f.name for f in fields(ModelConfig))
+
+
+def named_model(name):
+    """The configuration of a model shipped with the package, by name, or None:
+    ``"default"`` (``ModelConfig()``), or ``"linear"``, the previous default (a set
+    denoiser correcting in-context ridge fits, meta-trained on noisy linear tasks)."""
+    if name == "default":
+        return ModelConfig()
+    if name == "linear":
+        return ModelConfig(prior=("noisy_linear", {"noise_range": (0.01, 5.0)}),
+                           architecture="set", baseline="ridge", n_train_steps=5500,
+                           batch_size=512)
+    return None
 
 
 def config_kwargs(config):

@@ -20,7 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
 from .checkpoint import CONFIG, read_config
-from .config import ModelConfig, pretrain_command
+from .config import ModelConfig, named_model, pretrain_command
 from .diffusion import NoiseSchedule, draw_noise, n_noise_draws
 from .inference import sample_context_parts
 from .pretrained import build, get_denoiser, load_directory
@@ -39,8 +39,10 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    model : "default", str or ModelConfig, default="default"
-        The meta-trained model: ``"default"`` (the shipped weights), the path of a model
+    model : "default", "linear", str or ModelConfig, default="default"
+        The meta-trained model: ``"default"`` (shipped: meta-trained on nonlinear
+        functions, correcting an in-context GP model average), ``"linear"`` (shipped: the
+        previous default, meta-trained on noisy linear tasks), the path of a model
         directory written by ``python -m skdiffusion pretrain`` (``config.json`` and
         ``model.safetensors``), or a :class:`~skdiffusion.ModelConfig`, whose trained
         denoiser is looked up in the cache ``$SKDIFFUSION_CACHE`` (default
@@ -141,18 +143,21 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         if isinstance(self.model, ModelConfig):
             return self.model.spec()
-        if self.model == "default":
-            return ModelConfig().spec()
+        if named_model(self.model) is not None:
+            return named_model(self.model).spec()
         if os.path.isfile(os.path.join(self.model, CONFIG)):
             return read_config(self.model)["config"]
-        raise ValueError(f"model must be 'default', a trained-model directory (with {CONFIG}) "
-                         f"or a ModelConfig; got {self.model!r}")
+        raise ValueError(f"model must be 'default', 'linear', a trained-model directory (with "
+                         f"{CONFIG}) or a ModelConfig; got {self.model!r}")
 
     def _load_denoiser(self, spec):
         """(shared denoiser, schedule) for ``spec``: a directory's, or the cache's."""
-        if isinstance(self.model, str) and self.model != "default":
+        if isinstance(self.model, ModelConfig):
+            config = self.model
+        elif named_model(self.model) is not None:
+            config = named_model(self.model)
+        else:
             return load_directory(self.model)
-        config = self.model if isinstance(self.model, ModelConfig) else ModelConfig()
         return get_denoiser(spec, self.verbose, self.allow_training, pretrain_command(config))
 
     def _check_n_features(self, n_features):
@@ -426,7 +431,7 @@ def _upgrade_state(state):
     if not old:
         return state
     state = {k: v for k, v in state.items() if k not in old}
-    config = ModelConfig(**old)
+    config = ModelConfig(**{"architecture": "set", "baseline": "ridge", **old})  # it had no head
     state["model"] = "default" if config == ModelConfig() else config
     state.setdefault("allow_training", False)
     return state

@@ -176,15 +176,17 @@ def test_dataframe_feature_names(tiny):
     np.testing.assert_allclose(reg.predict(df.iloc[:5]), plain)
 
 
-def test_default_configuration_ships_trained(monkeypatch):
-    """A default-constructed estimator loads the packaged weights and never trains."""
+@pytest.mark.parametrize("name, architecture", [("default", "head"), ("linear", "set")])
+def test_shipped_models_load_trained(monkeypatch, name, architecture):
+    """The named models load the packaged weights and never train."""
     monkeypatch.setattr(pretrained, "_MEMORY", {})
     monkeypatch.setattr(pretrained, "pretrain", lambda *a, **k: pytest.fail("would train"))
     X, y = linear_data(n=40, d=4, seed=11)
-    key = pretrained.spec_key(DiffusionICLRegressor().model_spec())
+    key = pretrained.spec_key(DiffusionICLRegressor(name).model_spec())
     assert pretrained.os.path.isdir(pretrained.os.path.join(pretrained.SHIPPED_DIR, key))
-    reg = DiffusionICLRegressor(random_state=0, n_samples=8).fit(X[:30], y[:30])
+    reg = DiffusionICLRegressor(name, random_state=0, n_samples=8).fit(X[:30], y[:30])
     assert pretrained.spec_key(reg.model_spec_) == key     # sampling settings are not in it
+    assert reg.model_spec_.get("architecture", "set") == architecture
     assert reg.score(X[30:], y[30:]) > 0.9
 
 
@@ -294,7 +296,8 @@ def test_model_directory_and_old_pickles(tmp_path, fitted):
     np.testing.assert_array_equal(by_dir.predict(X[60:]), reg.predict(X[60:]))
     state = reg.__getstate__()
     del state["model"], state["allow_training"]
-    state.update(TINY_MODEL)  # as the earlier signature stored them
+    state.update({k: v for k, v in TINY_MODEL.items()  # as the earlier signature stored them
+                  if k not in ("architecture", "baseline")})  # (which it did not have)
     old = DiffusionICLRegressor.__new__(DiffusionICLRegressor)
     old.__setstate__(state)
     assert old.get_params()["model"] == ModelConfig(**TINY_MODEL)

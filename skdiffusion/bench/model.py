@@ -5,17 +5,18 @@ import time
 import torch
 
 from ..checkpoint import read_config
-from ..config import ModelConfig
+from ..config import ModelConfig, named_model
 from ..estimator import DiffusionICLRegressor
 from ..inference import sample_raw_tasks
 from ..pretrained import get_denoiser, load, spec_key
 
 
 def load_trained(directory=None):
-    """(spec, denoiser, schedule) of a trained model directory, or with ``None`` (or
-    ``"shipped"``) of the default estimator's configuration (the shipped weights)."""
-    if directory in (None, "shipped"):
-        spec = ModelConfig().spec()
+    """(spec, denoiser, schedule) of a trained model directory, or of a shipped model by
+    name (``"default"``, ``"linear"``; ``None`` or ``"shipped"``: the default)."""
+    config = named_model("default" if directory in (None, "shipped") else directory)
+    if config is not None:
+        spec = config.spec()
         return (spec, *get_denoiser(spec))
     return (read_config(directory)["config"], *load(directory))
 
