@@ -123,7 +123,7 @@ def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype):
     torch.testing.assert_close(m[:, 0].double(), ref[0][~is_ctx], rtol=tol, atol=tol)
     torch.testing.assert_close(s2[:, 0].double(), ref[1][~is_ctx], rtol=tol, atol=tol)
     with pytest.raises(ValueError, match="needs architecture='head'"):
-        ModelConfig(baseline="gp").spec()
+        ModelConfig(architecture="set", baseline="gp").spec()
 
 
 def test_a_context_split_into_parts_gets_the_whole_contexts_baseline(tmp_path):
