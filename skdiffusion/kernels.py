@@ -28,6 +28,7 @@ PSEUDO = 1.0  # pseudo-observations of variance 1 in the signal variance
 # y is orthogonal to the constant vector, which a GP without one reads as a direction
 # observed without noise (it then prefers the smallest noise ratio, most of all at k = 2).
 INTERCEPT = 1e3
+LINEAR_PRIOR = 0.8  # prior probability of the linear kernel (the RBFs share the rest)
 N_KERNELS = len(LENGTHSCALES) + 1
 N_FEATURES = 3 * N_KERNELS + 2
 
@@ -51,9 +52,6 @@ def _diag(x, d):
     return [v + INTERCEPT for v in [ones] * len(LENGTHSCALES) + [(x * x).sum(-1) / d[..., 0]]]
 
 
-LINEAR_PRIOR = 0.8  # prior probability of the linear kernel (the RBFs share the rest)
-
-
 def _log_prior(loglik):
     """Log prior over (kernel, ratio) (B, L, R): kernels as above, ratios uniform."""
     n_rbf = loglik.shape[1] - 1
@@ -63,9 +61,9 @@ def _log_prior(loglik):
 
 
 def _eigh(K):
-    """Batched symmetric eigendecomposition, by LAPACK on the CPU: CUDA's batched eigh
-    loops over the matrices above 32 x 32 and its Jacobi variant can fail to converge on
-    the repeated eigenvalues of masked tokens (as in ``denoiser.evidence_penalty``)."""
+    """Batched symmetric eigendecomposition, by LAPACK on the CPU: CUDA's batched Jacobi
+    eigh can fail to converge on the repeated eigenvalues of masked tokens (as in
+    ``denoiser.evidence_penalty``)."""
     lam, U = torch.linalg.eigh(K.cpu())
     return lam.to(K.device), U.to(K.device)
 
@@ -133,8 +131,7 @@ def gp_features(x, y, is_context, group=16):
     of the largest context in a call: this makes a training batch about 3x cheaper).
     Computed in float64 whatever the dtype of x: in float32, near-noiseless contexts
     (ratio 1e-4) make the means wrong by up to 0.01 (standardized units)."""
-    n_feats = 3 * (len(LENGTHSCALES) + 1) + 2
-    out = torch.empty((*x.shape[:2], n_feats), dtype=x.dtype, device=x.device)
+    out = torch.empty((*x.shape[:2], N_FEATURES), dtype=x.dtype, device=x.device)
     x64, y64 = x.double(), y.double()
     for rows in is_context.sum(1).argsort(stable=True).split(group):
         out[rows] = gp_features_at(fit_gp(x64[rows], y64[rows], is_context[rows]),
