@@ -50,10 +50,11 @@ class ModelConfig:
         train it on each transformer pass.
     head_width, head_depth, head_pairs : int, default=64, 2, 4
         The diffusion head (``architecture="head"`` only).
-    baseline : {"ridge", "gp"}, default="gp"
+    baseline : {"ridge", "gp", "ard"}, default="gp"
         The closed-form Gaussian the network corrects: in-context ridge fits, or (with
         ``architecture="head"`` only) in-context GP model averaging over RBF and linear
-        kernels and noise levels (:mod:`skdiffusion.kernels`).
+        kernels and noise levels (``"gp"``, :mod:`skdiffusion.kernels`), plus an RBF with
+        per-feature lengthscales fitted to each context (``"ard"``).
     timesteps : int, default=50
         Diffusion steps T (10 to 1000).
     schedule : {"cosine", "linear"}, default="cosine"

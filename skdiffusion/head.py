@@ -30,7 +30,7 @@ from .denoiser import (RIDGE_LAMBDAS, VARIANCE_CAP, VARIANCE_FLOOR, SetDenoiser,
                        baseline_moments, gaussian_denoiser, gaussian_residual_scale, mlp,
                        sinusoidal_embedding)
 
-BASELINES = ("ridge", "gp")
+BASELINES = ("ridge", "gp", "ard")
 
 TIME_FEATURES = 64
 
@@ -99,8 +99,10 @@ class HeadDenoiser(SetDenoiser):
     Parameters are those of :class:`~skdiffusion.denoiser.SetDenoiser` plus the head's
     ``head_width`` and ``head_depth``, and ``baseline``: the closed-form Gaussian the head
     corrects (it is required), ``"ridge"`` (the in-context ridge fits of the set
-    denoiser) or ``"gp"`` (in-context GP model averaging over kernels and noise levels,
-    :mod:`skdiffusion.kernels`; its per-kernel moments and weights are token features)."""
+    denoiser), ``"gp"`` (in-context GP model averaging over kernels and noise levels,
+    :mod:`skdiffusion.kernels`; its per-kernel moments and weights are token features) or
+    ``"ard"`` (the same average with an RBF member whose per-feature lengthscales are
+    fitted to each context)."""
 
     per_query_head = True
 
@@ -114,25 +116,27 @@ class HeadDenoiser(SetDenoiser):
         self.baseline = baseline
         # a context split into parts (larger than meta-training's) gets the baseline of
         # the whole context: a GP on all points is much sharper than a pool of GPs on parts
-        self.whole_context_baseline = baseline == "gp"
-        if baseline == "gp":
-            n_in = self.read_in[0].in_features - (len(RIDGE_LAMBDAS) + 2) + kernels.N_FEATURES
+        self.whole_context_baseline = self._gp = baseline in ("gp", "ard")
+        self._ard = baseline == "ard"
+        if self._gp:
+            n_in = (self.read_in[0].in_features - (len(RIDGE_LAMBDAS) + 2)
+                    + kernels.n_features(self._ard))
             self.read_in = mlp(n_in, 2 * n_embd, n_embd)
         del self.time_mlp, self.read_out  # the head owns time and the read-out
         self.head = DiffusionHead(n_embd, head_width, head_depth)
 
     def _baseline_fit(self, x, y, is_context):
-        if self.baseline == "gp":  # float64 always (see kernels.gp_features)
-            return kernels.fit_gp(x.double(), y.double(), is_context)
+        if self._gp:  # float64 always (see kernels.gp_features)
+            return kernels.fit_gp(x.double(), y.double(), is_context, self._ard)
         return super()._baseline_fit(x, y, is_context)
 
     def _baseline_features(self, fit, x):
-        if self.baseline == "gp":
+        if self._gp:
             return kernels.gp_features_at(fit, x.double()).to(x.dtype)
         return super()._baseline_features(fit, x)
 
     def _feature_tokens(self, feats):
-        return feats if self.baseline == "gp" else super()._feature_tokens(feats)
+        return feats if self._gp else super()._feature_tokens(feats)
 
     def _embed(self, x, y, is_context, t, feats):
         """Token embeddings: clean y on context tokens, no y and no time on queries."""
@@ -143,7 +147,7 @@ class HeadDenoiser(SetDenoiser):
     def moments(self, feats):
         """Mean and variance (..., 1) of the Gaussian baseline from its features
         (..., 1, n); they depend on the context only, so samplers compute them once."""
-        if self.baseline == "gp":
+        if self._gp:
             return kernels.gp_moments(feats, VARIANCE_FLOOR, self.variance_cap)
         return baseline_moments(feats, self.leverage_cap, self.variance_cap)
 
@@ -170,7 +174,7 @@ class HeadDenoiser(SetDenoiser):
     def encode(self, x, y, is_context):
         """Query embeddings (B, N, n_embd) and baseline features of every token, in one
         masked pass (training); only target tokens' are meaningful."""
-        feats = (kernels.gp_features(x, y, is_context) if self.baseline == "gp"
+        feats = (kernels.gp_features(x, y, is_context, ard=self._ard) if self._gp
                  else self._baseline_features(self._baseline_fit(x, y, is_context), x))
         return self._encode(self._embed(x, y, is_context, None, feats), is_context), feats
 

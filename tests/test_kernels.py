@@ -9,7 +9,8 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, WhiteKernel
 
 from skdiffusion import kernels
-from skdiffusion.kernels import N_KERNELS, fit_gp, gp_features, gp_features_at, gp_moments
+from skdiffusion.kernels import (N_KERNELS, fit_gp, fit_lengthscales, gp_features, gp_features_at,
+                                 gp_moments)
 
 
 def _task(k=25, m=7, d=3, seed=0):
@@ -55,6 +56,81 @@ def test_each_kernel_is_sklearns_gp_at_the_profiled_signal_variance(monkeypatch)
     np.testing.assert_allclose(feats[:, 4], 1 / (1 + odds), rtol=1e-7)
 
 
+def _sklearn_gp(unit, xc, yc, r):
+    """scikit-learn's GP s2 * (unit + c0 + r I) at the profiled s2, and its log ML."""
+    unit = unit + ConstantKernel(kernels.INTERCEPT)
+    s2 = yc @ np.linalg.solve(unit(xc) + r * np.eye(len(yc)), yc) / len(yc)
+    kernel = ConstantKernel(s2) * unit + WhiteKernel(s2 * r)
+    return GaussianProcessRegressor(kernel, optimizer=None, alpha=0.0).fit(xc, yc)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_ard_member_is_sklearns_gp_at_its_lengthscales_and_weighed_by_penalized_evidence(
+        monkeypatch):
+    """Given its lengthscales, the ARD member is exactly the GP s2 * (RBF(ls) + c0 + r)
+    and its posterior odds against an isotropic RBF are the prior odds times the ratio
+    of marginal likelihoods times k^(-ARD_PENALTY (d - 1))."""
+    c, r = 0.7, 0.05
+    monkeypatch.setattr(kernels, "LENGTHSCALES", (c,))
+    monkeypatch.setattr(kernels, "RATIOS", (r,))
+    monkeypatch.setattr(kernels, "PSEUDO", 0.0)
+    ls = np.array([0.8, 2.5, 6.0])
+    monkeypatch.setattr(kernels, "fit_lengthscales", lambda *a: torch.as_tensor(ls)[None])
+    xc, yc, xq = _task(k=30)
+    k, d = xc.shape
+    fit = fit_gp(_t(xc), _t(yc), torch.ones((1, k), dtype=torch.bool), ard=True)
+    feats = gp_features_at(fit, _t(xq))[0].numpy()
+    L = 3                                                   # RBF(c), linear, ARD
+    gp = _sklearn_gp(RBF(ls), xc, yc, r)
+    mean, std = gp.predict(xq, return_std=True)
+    np.testing.assert_allclose(feats[:, L - 1], mean, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.exp(feats[:, 2 * L - 1]), std**2, rtol=1e-6)
+    iso = _sklearn_gp(RBF(c * math.sqrt(d)), xc, yc, r)
+    odds = np.exp(gp.log_marginal_likelihood_value_ - iso.log_marginal_likelihood_value_
+                  - kernels.ARD_PENALTY * (d - 1) * np.log(k))    # equal prior weights
+    np.testing.assert_allclose(feats[:, 3 * L - 1] / feats[:, 2 * L], odds, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_ard_lengthscales_maximize_the_marginal_likelihood_under_a_flat_prior(monkeypatch):
+    """With a flat prior, many steps and no pseudo-observation, fit_lengthscales reaches
+    scikit-learn's type-II maximum-likelihood lengthscales and log marginal likelihood
+    for the kernel s2 * (RBF(ls) + c0) + noise."""
+    monkeypatch.setattr(kernels, "ARD_PRIOR_SD", 1e4)
+    monkeypatch.setattr(kernels, "PSEUDO", 0.0)
+    monkeypatch.setattr(kernels, "ARD_STEPS", 400)
+    monkeypatch.setattr(kernels, "ARD_LR", 0.05)
+    xc, yc, _ = _task(k=40, d=2, seed=6)
+    k, d = xc.shape
+    x, y, w = _t(xc), _t(yc), torch.ones((1, k), dtype=torch.float64)
+    ls = fit_lengthscales(x, y, w, torch.full((1, 1, 1), float(d), dtype=torch.float64),
+                          torch.zeros((1, 1), dtype=torch.float64),
+                          torch.full((1, 1), math.log(0.1), dtype=torch.float64))[0].numpy()
+    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * (RBF(np.ones(d), (1e-2, 1e2))
+              + ConstantKernel(kernels.INTERCEPT, "fixed")) + WhiteKernel(0.1, (1e-5, 10)))
+    gp = GaussianProcessRegressor(kernel, alpha=0.0, n_restarts_optimizer=3,
+                                  random_state=0).fit(xc, yc)
+    np.testing.assert_allclose(ls, gp.kernel_.k1.k2.k1.length_scale, rtol=0.02)
+
+
+def test_ard_member_finds_the_relevant_feature():
+    """y depends on the first of three features: the irrelevant ones get lengthscales many
+    times longer, the ARD member takes most of the weight and predicts better than the
+    isotropic average."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 80, 3))
+    y = np.sin(2 * x[..., 0]) + 0.05 * rng.standard_normal((1, 80))
+    y = (y - y[:, :60].mean()) / y[:, :60].std()
+    is_ctx = torch.arange(80)[None] < 60
+    fit = fit_gp(torch.as_tensor(x), torch.as_tensor(y), is_ctx, ard=True)
+    ls = fit["ls"][0]
+    assert ls[1] > 5 * ls[0] and ls[2] > 5 * ls[0]
+    assert fit["post"][0, -1].sum() > 0.9
+    err = {ard: (gp_features(torch.as_tensor(x), torch.as_tensor(y), is_ctx, ard=ard)[0, 60:, -2]
+                 - torch.as_tensor(y[0, 60:])).pow(2).mean() for ard in (False, True)}
+    assert err[True] < 0.5 * err[False]
+
+
 def test_model_average_is_the_mixture_of_its_members():
     xc, yc, xq = _task(k=40, seed=1)
     feats = gp_features_at(fit_gp(_t(xc), _t(yc), torch.ones((1, 40), dtype=torch.bool)),
@@ -70,33 +146,39 @@ def test_model_average_is_the_mixture_of_its_members():
     torch.testing.assert_close(variance, v.clamp(1e-4, 10.0))
 
 
-def test_masked_tokens_and_padding_change_nothing():
+@pytest.mark.parametrize("ard", [False, True])
+def test_masked_tokens_and_padding_change_nothing(ard):
     """Features of a task fitted among non-context tokens (anywhere in the sequence) and
     zero-padded feature columns equal those of the bare context; an empty context gives
     the prior (mean 0)."""
     xc, yc, xq = _task(k=20, m=5, d=2, seed=2)
     bare = gp_features(_t(np.vstack([xc, xq])), _t(np.r_[yc, np.zeros(5)]),
-                       torch.tensor([[True] * 20 + [False] * 5]))
+                       torch.tensor([[True] * 20 + [False] * 5]), ard=ard)
     order = np.random.default_rng(0).permutation(25)
     x = np.pad(np.vstack([xc, xq])[order], ((0, 0), (0, 3)))
     y = np.r_[yc, 99 * np.ones(5)][order]                  # y of non-context never read
     is_ctx = torch.tensor(order < 20)[None]
-    mixed = gp_features(_t(x), _t(y), is_ctx)
-    torch.testing.assert_close(mixed[0, np.argsort(order)], bare[0], rtol=1e-9, atol=1e-9)
-    empty = gp_features(_t(x), _t(y), torch.zeros((1, 25), dtype=torch.bool))
+    mixed = gp_features(_t(x), _t(y), is_ctx, ard=ard)
+    torch.testing.assert_close(mixed[0, np.argsort(order)], bare[0], rtol=1e-8, atol=1e-8)
+    empty = gp_features(_t(x), _t(y), torch.zeros((1, 25), dtype=torch.bool), ard=ard)
     assert torch.all(empty[..., -2] == 0) and torch.isfinite(empty).all()
 
 
-def test_a_batch_is_its_tasks_and_rbf_wins_on_a_curve_linear_on_a_line():
+@pytest.mark.parametrize("ard", [False, True])
+def test_a_batch_is_its_tasks_and_rbf_wins_on_a_curve_linear_on_a_line(ard):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 60, 1))
     y = np.stack([np.sin(3 * x[0, :, 0]), 2 * x[1, :, 0]]) + 0.05 * rng.standard_normal((2, 60))
     is_ctx = torch.arange(60)[None] < torch.tensor([[50], [30]])
-    both = gp_features(torch.as_tensor(x), torch.as_tensor(y), is_ctx)
+    both = gp_features(torch.as_tensor(x), torch.as_tensor(y), is_ctx, ard=ard)
     for b in range(2):
-        alone = gp_features(torch.as_tensor(x[b:b + 1]), torch.as_tensor(y[b:b + 1]), is_ctx[b:b + 1])
-        torch.testing.assert_close(both[b], alone[0], rtol=1e-9, atol=1e-9)
-    weights = both[:, 0, 2 * N_KERNELS:3 * N_KERNELS]
+        alone = gp_features(torch.as_tensor(x[b:b + 1]), torch.as_tensor(y[b:b + 1]),
+                            is_ctx[b:b + 1], ard=ard)
+        torch.testing.assert_close(both[b], alone[0], rtol=1e-8, atol=1e-8)
+    L = N_KERNELS + ard
+    weights = both[:, 0, 2 * L:3 * L]
+    weights = torch.cat([weights[:, :N_KERNELS - 1], weights[:, N_KERNELS:],
+                         weights[:, N_KERNELS - 1:N_KERNELS]], 1)  # the linear member last
     assert weights[0, :-1].sum() > 0.99                    # a curve: the RBF members
     assert weights[1, -1] > 0.9                            # a line: the linear member
     err = (both[:, 50:, -2] - torch.as_tensor(y[:, 50:])).abs().max()
@@ -104,12 +186,13 @@ def test_a_batch_is_its_tasks_and_rbf_wins_on_a_curve_linear_on_a_line():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype):
+@pytest.mark.parametrize("baseline", ["gp", "ard"])
+def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype, baseline):
     from skdiffusion.config import ModelConfig
     from skdiffusion.pretrained import build
 
-    spec = ModelConfig(architecture="head", baseline="gp", max_features=4, n_layer=1, n_embd=16,
-                       n_head=2, timesteps=20).spec()
+    spec = ModelConfig(architecture="head", baseline=baseline, max_features=4, n_layer=1,
+                       n_embd=16, n_head=2, timesteps=20).spec()
     model, schedule = build(spec)
     model = model.to(dtype)
     xc, yc, xq = _task(k=30, m=6, d=3, seed=4)
@@ -118,7 +201,8 @@ def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype):
     is_ctx = torch.arange(36)[None] < 30
     h, feats = model.encode(x, y, is_ctx)
     m, s2 = model.moments(feats[~is_ctx][:, None])
-    ref = gp_moments(gp_features(x.double(), y.double(), is_ctx), 1e-4, 10.0)
+    ref = gp_moments(gp_features(x.double(), y.double(), is_ctx, ard=baseline == "ard"),
+                     1e-4, 10.0)
     tol = 1e-3 if dtype == torch.float32 else 1e-9  # float32 eigh at ratio 1e-4
     torch.testing.assert_close(m[:, 0].double(), ref[0][~is_ctx], rtol=tol, atol=tol)
     torch.testing.assert_close(s2[:, 0].double(), ref[1][~is_ctx], rtol=tol, atol=tol)
