@@ -113,6 +113,23 @@ def test_ard_lengthscales_maximize_the_marginal_likelihood_under_a_flat_prior(mo
     np.testing.assert_allclose(ls, gp.kernel_.k1.k2.k1.length_scale, rtol=0.02)
 
 
+def test_ard_lengthscales_of_a_large_context_are_those_of_an_evenly_spaced_subset(monkeypatch):
+    """Beyond ARD_POINTS rows the lengthscales are fitted on rows spread over the whole
+    context (sorted data keep their range), exactly as if only those were given."""
+    monkeypatch.setattr(kernels, "ARD_POINTS", 10)
+    x = torch.linspace(-2, 2, 37, dtype=torch.float64)[None, :, None].repeat(1, 1, 2)
+    x[..., 1] = torch.randn(37, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.sin(2 * x[..., 0])
+    w = torch.ones((1, 37), dtype=torch.float64)
+    start = (torch.full((1, 1, 1), 2.0, dtype=torch.float64), torch.zeros((1, 1), dtype=torch.float64),
+             torch.full((1, 1), math.log(0.1), dtype=torch.float64))
+    idx = [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]
+    got = fit_lengthscales(x, y, w, *start)
+    ref = fit_lengthscales(x[:, idx], y[:, idx], w[:, idx], *start)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert not torch.equal(got, fit_lengthscales(x[:, :10], y[:, :10], w[:, :10], *start))
+
+
 def test_ard_member_finds_the_relevant_feature():
     """y depends on the first of three features: the irrelevant ones get lengthscales many
     times longer, the ARD member takes most of the weight and predicts better than the
