@@ -194,9 +194,10 @@ class HeadDenoiser(SetDenoiser):
         return (full_pred, full_scale) if return_scale else full_pred
 
     @torch.no_grad()
-    def encode_queries(self, cache, x_q):
-        """(h, feats) of queries x_q (B, M, F) against :meth:`encode_context`'s cache."""
-        feats = self.target_features(cache, x_q)
+    def encode_queries(self, cache, x_q, feats=None):
+        """(h, feats) of queries x_q (B, M, F) against :meth:`encode_context`'s cache;
+        ``feats``: their :meth:`target_features`, if already computed."""
+        feats = self.target_features(cache, x_q) if feats is None else feats
         is_ctx = torch.zeros(x_q.shape[:2], dtype=torch.bool, device=x_q.device)
         h = self._embed(x_q, torch.zeros(x_q.shape[:2], dtype=x_q.dtype, device=x_q.device),
                         is_ctx, None, feats)

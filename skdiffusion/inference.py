@@ -73,11 +73,15 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
         y_all = torch.cat([y for _, y in contexts], 1)
         whole = model._baseline_fit(torch.cat([x for x, _ in contexts], 1), y_all,
                                     torch.ones_like(y_all, dtype=torch.bool))
+    starts = range(0, x_pad.shape[1], chunk)
+    # one fit for every part: the queries' features are the same for all, computed once
+    shared = ([model.target_features({"fit": whole}, x_pad[:, i:i + chunk]) for i in starts]
+              if whole is not None else [None] * len(starts))
     hs, feats = [], []
     for x_ctx, y_ctx in contexts:
         cache = model.encode_context(x_ctx, y_ctx, whole)
-        parts = [model.encode_queries(cache, x_pad[:, i:i + chunk])
-                 for i in range(0, x_pad.shape[1], chunk)]
+        parts = [model.encode_queries(cache, x_pad[:, i:i + chunk], f)
+                 for i, f in zip(starts, shared)]
         hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])
         feats.append(torch.cat([f for _, f in parts], 1)[:, :m])
     # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
