@@ -55,12 +55,13 @@ def main(argv=None):
         schedule = NoiseSchedule(spec["timesteps"], spec["schedule"])
         log = os.path.join(out, "curve.jsonl")
 
-        def callback(step, model):
+        def log_curve(step, model):
             ratios = posterior_mean_ratio(model, schedule, spec["prediction_type"],
                                           d=min(5, spec["max_features"]))
             with open(log, "a") as f:
                 f.write(json.dumps({"step": step, "ratio": ratios}) + "\n")
             print(f"step {step}: posterior-mean MSE / Bayes {ratios}", file=sys.stderr, flush=True)
+        callback = log_curve
 
     command = "python -m skdiffusion " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     device, rank = _init_distributed()

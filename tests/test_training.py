@@ -197,3 +197,15 @@ def test_training_hands_freed_heap_back_every_few_steps(tmp_path, monkeypatch):
     assert len(calls) == 2
     if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
         assert training._MALLOC_TRIM is not None
+
+
+def test_pretrain_cli_logs_a_learning_curve(tmp_path):
+    """``--curve`` appends the posterior-mean ratios of each checkpoint to curve.jsonl."""
+    config = dict(n_train_steps=2, max_features=3, n_layer=1, n_embd=16, n_head=2,
+                  timesteps=20, batch_size=4)
+    subprocess.run([sys.executable, "-m", "skdiffusion", "pretrain", "--config",
+                    json.dumps(config), "--out", str(tmp_path), "--curve",
+                    "--checkpoint-every", "1"], check=True, capture_output=True)
+    lines = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert all(r > 0 for line in lines for r in line["ratio"].values())
