@@ -50,7 +50,7 @@ class ModelConfig:
         train it on each transformer pass.
     head_width, head_depth, head_pairs : int, default=64, 2, 4
         The diffusion head (``architecture="head"`` only).
-    baseline : {"ridge", "gp", "ard"}, default="gp"
+    baseline : {"ridge", "gp", "ard"}, default="ard"
         The closed-form Gaussian the network corrects: in-context ridge fits, or (with
         ``architecture="head"`` only) in-context GP model averaging over RBF and linear
         kernels and noise levels (``"gp"``, :mod:`skdiffusion.kernels`), plus an RBF with
@@ -83,7 +83,7 @@ class ModelConfig:
     head_width: int = HEAD_DEFAULTS["width"]
     head_depth: int = HEAD_DEFAULTS["depth"]
     head_pairs: int = HEAD_DEFAULTS["pairs"]
-    baseline: str = "gp"
+    baseline: str = "ard"
     timesteps: int = 50
     schedule: str = "cosine"
     prediction_type: str = "v"

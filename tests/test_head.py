@@ -22,7 +22,7 @@ def make_model(dtype=torch.float64, baseline="ridge"):
     return m.to(dtype)
 
 
-@pytest.fixture(scope="module", params=["ridge", "gp"])
+@pytest.fixture(scope="module", params=["ridge", "gp", "ard"])
 def model(request):
     return make_model(baseline=request.param)
 
@@ -91,7 +91,7 @@ def test_cached_sampling_path_equals_full_forward(model, k):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("baseline", ["ridge", "gp"])
+@pytest.mark.parametrize("baseline", ["ridge", "gp", "ard"])
 def test_float32_samples_do_not_depend_on_the_other_queries(baseline):
     """Fixed-size query chunks: a query's float32 samples are bit-identical alone, among
     others, in another order and past a chunk boundary."""

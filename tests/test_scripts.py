@@ -56,7 +56,7 @@ def test_speed(micro_model):
 def test_family_curves(micro_model, tmp_path):
     text = run(ROOT / "benchmarks" / "family_curves.py", micro_model, "--families", "bimodal",
                "--ds", 1, "--ks", 10, "--tasks", 2, "--queries", 3, "--out", tmp_path)
-    assert "| features alone | gp | 0 |" in text and "| 16 |" in text  # 4 steps x 4 tasks
+    assert "| features alone | ard | 0 |" in text and "| 16 |" in text  # 4 steps x 4 tasks
     assert (tmp_path / "curves.png").stat().st_size > 0
     stored = json.loads((tmp_path / "curves.json").read_text())
-    assert stored["models"][0]["tasks"] == 16 and "bimodal" in stored["features_alone"]["gp"]
+    assert stored["models"][0]["tasks"] == 16 and "bimodal" in stored["features_alone"]["ard"]

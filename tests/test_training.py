@@ -37,9 +37,9 @@ def head_spec(**train):
     return dict(spec(**train), architecture="head", head={"width": 16, "depth": 2, "pairs": 3})
 
 
-def gp_spec(**train):
+def ard_spec(**train):
     s = head_spec(**train)
-    return dict(s, head={**s["head"], "baseline": "gp"})
+    return dict(s, head={**s["head"], "baseline": "ard"})
 
 
 @pytest.mark.parametrize("make, pairs, gain", [
@@ -48,8 +48,8 @@ def gp_spec(**train):
     (lambda **t: dict(spec(**t), linear_baseline=False, residual_scaling=False), 1, 0.9),
     # the diffusion head, zero at init (the Gaussian baseline), with 3 draws per token
     (head_spec, 8, 0.97),
-    # the same head correcting in-context GP model averaging
-    (gp_spec, 8, 0.97)], ids=["set", "head", "head-gp"])
+    # the same head correcting in-context GP model averaging with the ARD member
+    (ard_spec, 8, 0.97)], ids=["set", "head", "head-ard"])
 def test_training_is_deterministic_and_learns(tmp_path, make, pairs, gain):
     s = make(n_steps=150, batch_size=32, learning_rate=3e-3)
     a, schedule = pretrain(s, str(tmp_path / "a"), verbose=0)
@@ -75,7 +75,7 @@ def test_set_denoiser_takes_one_draw_per_token():
         diffusion_loss(model, schedule, batch, "v", torch.Generator(), 3.0, pairs=2)
 
 
-@pytest.mark.parametrize("make", [spec, head_spec, gp_spec], ids=["set", "head", "head-gp"])
+@pytest.mark.parametrize("make", [spec, head_spec, ard_spec], ids=["set", "head", "head-ard"])
 def test_resume_continues_exactly(tmp_path, make):
     """A run killed after its step-4 checkpoint and restarted ends where an
     uninterrupted run ends (weights, optimizer, step and RNG state are restored)."""
