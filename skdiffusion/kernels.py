@@ -86,9 +86,9 @@ def _diag(x, d, ard=False):
 def _log_prior(n_kernels, dtype, device):
     """Log prior over (kernel, ratio) (1, L, 1): the linear kernel LINEAR_PRIOR, the RBFs
     (the ARD member among them) share the rest; ratios uniform."""
-    n_rbf = n_kernels - 1
-    p = [(1 - LINEAR_PRIOR) / n_rbf] * len(LENGTHSCALES) + [LINEAR_PRIOR]
-    p += [(1 - LINEAR_PRIOR) / n_rbf] * (n_kernels - len(p))
+    rbf = (1 - LINEAR_PRIOR) / (n_kernels - 1)
+    p = [rbf] * len(LENGTHSCALES) + [LINEAR_PRIOR]
+    p += [rbf] * (n_kernels - len(p))  # the ARD member
     return torch.log(torch.tensor(p, dtype=dtype, device=device))[None, :, None]
 
 
@@ -119,7 +119,8 @@ def fit_lengthscales(x, y, w, d, theta0, log_r0):
             alpha = torch.cholesky_solve(y[..., None], L)[..., 0]
             s2 = ((y * alpha).sum(-1) + PSEUDO) / (k + PSEUDO)
             logdet = 2 * torch.log(L.diagonal(dim1=1, dim2=2)).sum(-1)
-            nll = 0.5 * (k * torch.log(s2) + logdet) + 0.5 * ((theta / ARD_PRIOR_SD) ** 2 * used).sum(-1)
+            prior = 0.5 * ((theta / ARD_PRIOR_SD) ** 2 * used).sum(-1)
+            nll = 0.5 * (k * torch.log(s2) + logdet) + prior
             opt.zero_grad()
             nll.sum().backward()
             opt.step()
@@ -185,8 +186,8 @@ def fit_gp(x, y, is_context, ard=False):
 
 
 def gp_features_at(fit, x):
-    """(B, M, :func:`n_features`) at x (B, M, F): per kernel the predictive mean, log variance and
-    posterior weight (marginal over the ratio grid), then the mixture's mean and log
+    """(B, M, :func:`n_features`) at x (B, M, F): per kernel the predictive mean, log
+    variance and posterior weight (marginal over the ratio grid), then the mixture's mean and log
     variance (see :func:`gp_moments`)."""
     d, r, post = fit["d"], fit["r"], fit["post"]
     cross = _kernel_matrices(x, fit["x"], d, fit["ls"])
