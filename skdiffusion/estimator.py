@@ -141,22 +141,22 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
             enter it.
         """
         self._validate_params()
-        if isinstance(self.model, ModelConfig):
-            return self.model.spec()
-        if named_model(self.model) is not None:
-            return named_model(self.model).spec()
+        config = self._config()
+        if config is not None:
+            return config.spec()
         if os.path.isfile(os.path.join(self.model, CONFIG)):
             return read_config(self.model)["config"]
         raise ValueError(f"model must be 'default', 'linear', a trained-model directory (with "
                          f"{CONFIG}) or a ModelConfig; got {self.model!r}")
 
+    def _config(self):
+        """The :class:`ModelConfig` that ``model`` names (None for a model directory)."""
+        return self.model if isinstance(self.model, ModelConfig) else named_model(self.model)
+
     def _load_denoiser(self, spec):
         """(shared denoiser, schedule) for ``spec``: a directory's, or the cache's."""
-        if isinstance(self.model, ModelConfig):
-            config = self.model
-        elif named_model(self.model) is not None:
-            config = named_model(self.model)
-        else:
+        config = self._config()
+        if config is None:
             return load_directory(self.model)
         return get_denoiser(spec, self.verbose, self.allow_training, pretrain_command(config))
 
@@ -432,7 +432,7 @@ def _upgrade_state(state):
         return state
     state = {k: v for k, v in state.items() if k not in old}
     config = ModelConfig(**{"architecture": "set", "baseline": "ridge", **old})  # it had no head
-    state["model"] = "default" if config == ModelConfig() else config
+    state["model"] = "linear" if config == named_model("linear") else config  # its default
     state.setdefault("allow_training", False)
     return state
 

@@ -302,6 +302,14 @@ def test_model_directory_and_old_pickles(tmp_path, fitted):
     old.__setstate__(state)
     assert old.get_params()["model"] == ModelConfig(**TINY_MODEL)
     np.testing.assert_array_equal(old.predict(X[60:]), reg.predict(X[60:]))
+    # one that had the earlier default settings now names that model
+    state = DiffusionICLRegressor().__getstate__()
+    del state["model"], state["allow_training"]
+    state.update(prior=("noisy_linear", {"noise_range": (0.01, 5.0)}), n_train_steps=5500,
+                 batch_size=512)
+    old = DiffusionICLRegressor.__new__(DiffusionICLRegressor)
+    old.__setstate__(state)
+    assert old.get_params()["model"] == "linear"
 
 
 def test_shared_weights_cannot_be_changed_through_one_estimator(fitted):
