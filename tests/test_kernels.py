@@ -176,7 +176,8 @@ def test_masked_tokens_and_padding_change_nothing(ard):
     y = np.r_[yc, 99 * np.ones(5)][order]                  # y of non-context never read
     is_ctx = torch.tensor(order < 20)[None]
     mixed = gp_features(_t(x), _t(y), is_ctx, ard=ard)
-    torch.testing.assert_close(mixed[0, np.argsort(order)], bare[0], rtol=1e-8, atol=1e-8)
+    tol = 1e-8 if ard else 1e-9  # the ARD fit's Adam steps see sums in another order
+    torch.testing.assert_close(mixed[0, np.argsort(order)], bare[0], rtol=tol, atol=tol)
     empty = gp_features(_t(x), _t(y), torch.zeros((1, 25), dtype=torch.bool), ard=ard)
     assert torch.all(empty[..., -2] == 0) and torch.isfinite(empty).all()
 
@@ -191,7 +192,8 @@ def test_a_batch_is_its_tasks_and_rbf_wins_on_a_curve_linear_on_a_line(ard):
     for b in range(2):
         alone = gp_features(torch.as_tensor(x[b:b + 1]), torch.as_tensor(y[b:b + 1]),
                             is_ctx[b:b + 1], ard=ard)
-        torch.testing.assert_close(both[b], alone[0], rtol=1e-8, atol=1e-8)
+        tol = 1e-8 if ard else 1e-9  # batched Cholesky rounding, amplified by Adam
+        torch.testing.assert_close(both[b], alone[0], rtol=tol, atol=tol)
     L = N_KERNELS + ard
     weights = both[:, 0, 2 * L:3 * L]
     weights = torch.cat([weights[:, :N_KERNELS - 1], weights[:, N_KERNELS:],
