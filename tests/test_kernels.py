@@ -113,6 +113,27 @@ def test_ard_lengthscales_maximize_the_marginal_likelihood_under_a_flat_prior(mo
     np.testing.assert_allclose(ls, gp.kernel_.k1.k2.k1.length_scale, rtol=0.02)
 
 
+def test_ard_objective_gradient_is_autograds():
+    """The closed-form gradient of the ARD member's objective equals autograd's through
+    the Cholesky, per task, with masked tokens, unused features and a heavy noise ratio."""
+    g = torch.Generator().manual_seed(3)
+    B, N, F = 5, 30, 4
+    x = torch.randn((B, N, F), generator=g, dtype=torch.float64)
+    x[:2, :, 3] = 0                                                   # unused in two tasks
+    w = (torch.arange(N)[None] < torch.tensor([[30], [12], [3], [20], [7]])).double()
+    y = (torch.sin(2 * x[..., 0]) + 0.3 * torch.randn((B, N), generator=g, dtype=torch.float64)) * w
+    used = ((x * w[..., None]) != 0).any(1).double()
+    sqrt_d = used.sum(-1, keepdim=True).sqrt()
+    theta = (0.5 * torch.randn((B, F), generator=g, dtype=torch.float64) * used).requires_grad_()
+    log_r = torch.tensor([[-6.0], [-2.0], [0.0], [1.5], [-4.0]], dtype=torch.float64,
+                         requires_grad=True)
+    nll, d_theta, d_log_r = kernels._ard_objective(x, y, w, sqrt_d, used, theta, log_r)
+    ref_theta, ref_log_r = torch.autograd.grad(nll.sum(), [theta, log_r])
+    torch.testing.assert_close(d_theta, ref_theta, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(d_log_r, ref_log_r, rtol=1e-9, atol=1e-10)
+    assert d_theta.abs().min(0).values[:3].gt(0).all() and d_log_r.abs().gt(0).all()
+
+
 def test_ard_lengthscales_of_a_large_context_are_those_of_an_evenly_spaced_subset(monkeypatch):
     """Beyond ARD_POINTS rows the lengthscales are fitted on rows spread over the whole
     context (sorted data keep their range), exactly as if only those were given."""
