@@ -60,3 +60,10 @@ def test_family_curves(micro_model, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
     stored = json.loads((tmp_path / "curves.json").read_text())
     assert stored["models"][0]["tasks"] == 16 and "bimodal" in stored["features_alone"]["ard"]
+
+
+def test_small_contexts(micro_model):
+    text = run(ROOT / "benchmarks" / "small_contexts.py", micro_model, "--noises", "gaussian",
+               "--tasks", 3, "--queries", 2, "--samples", 4)
+    rows = [line for line in text.splitlines() if line.startswith("| linear | gaussian |")]
+    assert len(rows) == 7 and "| gp, k <= d + 3 | geometric mean |" in text
