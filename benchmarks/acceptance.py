@@ -104,6 +104,7 @@ def main():
     p.add_argument("--samples", type=int, help="samples per query (default: the estimator's)")
     p.add_argument("--steps", type=int, help="reverse-chain steps (default: the estimator's)")
     p.add_argument("--noise", type=float, default=0.1, help="noise std of the tasks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tasks (another draw of them)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "acceptance.md"))
     args = p.parse_args()
     spec, model, schedule = load_trained(args.model)
@@ -116,7 +117,7 @@ def main():
     noise_range = getattr(make_prior(spec["prior"]), "noise_range", None)
     t0 = time.time()
     rows = grid(model, schedule, args.tasks, args.queries, n_samples, noise_range=noise_range,
-                noise_std=args.noise, **sampler_kw)
+                noise_std=args.noise, seed=args.seed, **sampler_kw)
     command = " ".join(["python benchmarks/acceptance.py", *sys.argv[1:]])
     text = (f"# Accuracy bar on linear-Gaussian tasks (noise std {args.noise})\n\n`{command}` "
             f"({time.time() - t0:.0f} s): {args.tasks} tasks x {args.queries} queries per "

@@ -37,6 +37,11 @@ def test_acceptance_grid(micro_model, tmp_path):
     run(ROOT / "benchmarks" / "acceptance.py", "--model", micro_model, "--tasks", 2,
         "--queries", 1, "--samples", 2, "--out", out)
     assert "accuracy bar met at" in out.read_text()
+    other = tmp_path / "other.md"
+    run(ROOT / "benchmarks" / "acceptance.py", "--model", micro_model, "--tasks", 2,
+        "--queries", 1, "--samples", 2, "--seed", 5, "--out", other)
+    table = lambda path: path.read_text().split("\n\n", 2)[2]  # noqa: E731 (after the command)
+    assert table(other) != table(out)  # other tasks
 
 
 def test_learning_curve(micro_model):
