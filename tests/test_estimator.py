@@ -9,7 +9,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skdiffusion import DiffusionICLRegressor, ModelConfig, pretrained
+from skdiffusion import DiffusionICLRegressor, ModelConfig, config, pretrained
 
 from .conftest import TINY_MODEL
 
@@ -202,6 +202,17 @@ def test_model_spec_validates_before_anything_is_built(kw, match):
         DiffusionICLRegressor(ModelConfig(**kw)).model_spec()
     with pytest.raises(ValueError, match="model must be"):
         DiffusionICLRegressor("no/such/dir").model_spec()
+
+
+def test_default_prior_is_a_fresh_copy_per_config():
+    """Every ModelConfig gets its own copy of the default prior: changing one config's
+    mixture weights changes neither another config nor the shipped model's key."""
+    key = pretrained.spec_key(ModelConfig().spec())
+    changed = ModelConfig()
+    changed.prior[1]["families"]["linear"] = 0.9
+    assert ModelConfig().prior == config.DEFAULT_PRIOR
+    assert pretrained.spec_key(ModelConfig().spec()) == key
+    assert pretrained.spec_key(changed.spec()) != key
 
 
 @pytest.mark.parametrize("param, value", [("variance_cap", 50.0), ("centred_dof", True)])
