@@ -18,7 +18,7 @@ import numpy as np
 import scoringrules
 import torch
 
-from skdiffusion.bench.model import load_trained
+from skdiffusion.bench.model import BenchModel
 from skdiffusion.inference import sample_raw_tasks
 from skdiffusion.pretrained import build
 from skdiffusion.priors import NOISES, Functions
@@ -49,15 +49,14 @@ def scores(model, schedule, cell, n_samples, sampler_kw):
 
 def compare(name, families, noises, cells, n_tasks, n_queries, n_samples, noise_range):
     """Rows {family, noise, d, k, mse_ratio, crps_ratio} of one model."""
-    spec, model, schedule = load_trained(name)
-    untrained, _ = build(spec)
-    kw = dict(sampler="ddpm", n_steps=min(20, spec["timesteps"]),
-              prediction_type=spec["prediction_type"])
+    bench = BenchModel({"model": name})  # the estimator's sampler, independent samples
+    model, schedule, kw = bench.denoiser, bench.schedule, bench.sampler_kw
+    untrained, _ = build(bench.spec)
     rows = []
     for fi, family in enumerate(families):
         for ni, noise in enumerate(noises):
             for d, k in cells:
-                if d > spec["max_features"]:
+                if d > bench.spec["max_features"]:
                     continue
                 cell = tasks(family, noise, d, k, n_tasks, n_queries, noise_range,
                              10007 * fi + 1009 * ni + 31 * d + k)
