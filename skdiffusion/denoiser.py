@@ -289,15 +289,17 @@ class SetDenoiser(nn.Module):
         return gpt.h, gpt.wpe.weight[0], gpt.ln_f
 
     @torch.no_grad()
-    def encode_context(self, x_ctx, y_ctx, fit=None):
+    def encode_context(self, x_ctx, y_ctx, fit=None, feats=None):
         """Cache for :meth:`forward_targets`: per-layer context keys/values and the
-        baseline's fit (to this context, unless another ``fit`` is given: see
+        baseline's fit (to this context, unless another ``fit`` is given, and its
+        features at x_ctx unless ``feats`` are: see
         :func:`~skdiffusion.inference.make_head_denoise_fn`)."""
         B, k = y_ctx.shape
         is_ctx = torch.ones((B, k), dtype=torch.bool, device=x_ctx.device)
         if fit is None and self.linear_baseline:
             fit = self._baseline_fit(x_ctx, y_ctx, is_ctx)
-        feats = self._baseline_features(fit, x_ctx) if self.linear_baseline else None
+        if feats is None and self.linear_baseline:
+            feats = self._baseline_features(fit, x_ctx)
         t = torch.zeros((B, k), dtype=torch.long, device=x_ctx.device)
         blocks, pos, _ = self._blocks()
         h = self._embed(x_ctx, y_ctx, is_ctx, t, feats) + pos

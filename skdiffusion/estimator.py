@@ -23,7 +23,7 @@ from .checkpoint import CONFIG, read_config
 from .config import ModelConfig, named_model, pretrain_command
 from .diffusion import NoiseSchedule, draw_noise, n_noise_draws
 from .inference import sample_context_parts
-from .pretrained import build, get_denoiser, load_directory
+from .pretrained import build, get_denoiser, load_directory, takes_wide_inputs
 
 _RUNTIME = weakref.WeakKeyDictionary()  # denoiser -> {device: its runtime copy}
 
@@ -162,12 +162,12 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
 
     def _check_n_features(self, n_features):
         limit = self.model_spec_["max_features"]
-        if n_features > limit:
+        if n_features > limit and not takes_wide_inputs(self.model_spec_):
             raise ValueError(
                 f"X has {n_features} features but this model accepts at most "
-                f"max_features={limit}. Reduce the features first, e.g. "
-                f"make_pipeline(PCA(n_components={limit}), DiffusionICLRegressor()), "
-                f"or use a model with a larger max_features.")
+                f"max_features={limit}. Use model='default', which takes any number of "
+                f"features, or reduce them first, e.g. make_pipeline(SelectKBest("
+                f"f_regression, k={limit}), DiffusionICLRegressor(model=...)).")
 
     def fit(self, X, y):
         """Store (X, y) as the context and obtain the meta-trained denoiser.
@@ -175,7 +175,9 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training inputs, at most the model's ``max_features`` columns.
+            Training inputs. The default model takes any number of columns (its
+            transformer reads the ``max_features`` most relevant, its GP baseline all);
+            other models at most ``max_features``.
         y : array-like of shape (n_samples,)
             Training targets.
 

@@ -118,6 +118,9 @@ class HeadDenoiser(SetDenoiser):
         # the whole context: a GP on all points is much sharper than a pool of GPs on parts
         self.whole_context_baseline = self._gp = baseline in ("gp", "ard")
         self._ard = baseline == "ard"
+        # the ARD baseline is fitted to any number of features; the transformer then reads
+        # the max_features most relevant of them (see inference.make_head_denoise_fn)
+        self.wide_inputs = self._ard
         if self._gp:
             n_in = (self.read_in[0].in_features - (len(RIDGE_LAMBDAS) + 2)
                     + kernels.n_features(self._ard))

@@ -201,6 +201,14 @@ def fit_gp(x, y, is_context, ard=False):
     return {"x": xc, "w": w, "d": d, "r": r, "kernels": fits, "post": post, "ls": ls}
 
 
+def relevant_features(fit, n):
+    """Indices (B, n), ascending, of each task's n most relevant features by the ARD
+    member's lengthscales (shortest first; features unused in the context last)."""
+    used = ((fit["x"] * fit["w"][..., None]) != 0).any(1)
+    score = torch.where(used, fit["ls"], torch.full_like(fit["ls"], math.inf))
+    return score.argsort(dim=-1, stable=True)[:, :n].sort(-1).values
+
+
 def gp_features_at(fit, x):
     """(B, M, :func:`n_features`) at x (B, M, F): per kernel the predictive mean, log
     variance and posterior weight (marginal over the ratio grid), then the mixture's mean and log

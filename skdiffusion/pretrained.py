@@ -58,6 +58,12 @@ def make_spec(prior="noisy_linear", max_features=10, n_layer=4, n_embd=128, n_he
     return json.loads(json.dumps(spec))  # tuples -> lists, so equal specs compare equal
 
 
+def takes_wide_inputs(spec):
+    """Whether the denoiser of ``spec`` reads more than ``max_features`` features (the ARD
+    baseline: :attr:`~skdiffusion.head.HeadDenoiser.wide_inputs`)."""
+    return spec.get("architecture") == "head" and spec["head"].get("baseline") == "ard"
+
+
 def spec_key(spec):
     """Stable hash of a spec: the cache key."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -276,3 +276,107 @@ def test_a_context_split_into_parts_gets_the_whole_contexts_baseline(tmp_path):
     m, s, _ = features_alone(params)(xc, yc, xq)
     np.testing.assert_allclose(samples[16].mean(1), m, atol=0.05 * s.max())
     np.testing.assert_allclose(samples[16].std(1), samples[64].std(1), rtol=0.05)
+
+
+def test_relevant_features_rank_by_ard_lengthscale():
+    """y depends on features 1 and 4 of six, feature 5 is unused (all zero): those two
+    come first, in column order, and the unused one is never chosen while used ones remain."""
+    from skdiffusion.kernels import relevant_features
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 80, 6))
+    x[..., 5] = 0
+    y = np.sin(2 * x[..., 1]) + x[..., 4] + 0.05 * rng.standard_normal((1, 80))
+    fit = fit_gp(torch.as_tensor(x), torch.as_tensor((y - y.mean()) / y.std()),
+                 torch.ones((1, 80), dtype=torch.bool), ard=True)
+    assert relevant_features(fit, 2).tolist() == [[1, 4]]
+    assert relevant_features(fit, 5).tolist() == [[0, 1, 2, 3, 4]]
+
+
+def _saved_head_model(path, seed=None, **kw):
+    """An untrained ``"ard"`` head model directory (max_features=4); with ``seed`` every
+    weight is redrawn (a head that is not zero, so the transformer's output matters)."""
+    from skdiffusion.checkpoint import save_model
+    from skdiffusion.config import ModelConfig
+    from skdiffusion.pretrained import build
+
+    spec = ModelConfig(architecture="head", baseline="ard", max_features=4, n_layer=1,
+                       n_embd=16, n_head=2, timesteps=20, **kw).spec()
+    model = build(spec)[0]
+    if seed is not None:
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.data = 0.2 * torch.randn(p.shape, generator=g)
+    save_model(str(path), model, spec)
+    return str(path)
+
+
+def test_wide_inputs_fit_the_baseline_to_every_feature(tmp_path):
+    """Seven features, the model's transformer reads four: an untrained (zero-head) model
+    samples the Gaussian of its baseline fitted to all seven (y depends on features 0
+    and 6), and beats the same model given only the first four."""
+    from skdiffusion import DiffusionICLRegressor
+    from skdiffusion.bench.predictive import features_alone
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((70, 7))
+    y = np.sin(2 * x[:, 0]) + x[:, 6] + 0.1 * rng.standard_normal(70)
+    params = {"model": _saved_head_model(tmp_path / "m"), "n_samples": 4000, "random_state": 0}
+    reg = DiffusionICLRegressor(**params).fit(x[:50], y[:50])
+    samples = reg.sample(x[50:])
+    m, s, _ = features_alone(params)(x[:50], y[:50], x[50:])
+    np.testing.assert_allclose(samples.mean(1), m, atol=0.05 * s.max())
+    np.testing.assert_allclose(samples.std(1), s, rtol=0.15)  # the 20-step chain's error
+    narrow = DiffusionICLRegressor(**params).fit(x[:50, :4], y[:50]).predict(x[50:, :4])
+    err = lambda pred: np.mean((pred - y[50:]) ** 2)  # noqa: E731
+    assert err(samples.mean(1)) < 0.5 * err(narrow)
+
+
+def test_wide_inputs_whose_extra_columns_are_unused_give_the_narrow_answer(tmp_path):
+    """Columns that are zero everywhere change neither the kernels nor the transformer's
+    view (the four used columns, in order): a model with random weights samples, from the
+    same noise, the same as on the four columns alone (a context of k < d + 2 points: the
+    narrow call's far-query fallback, which wide inputs skip, cannot fire)."""
+    from skdiffusion.diffusion import NoiseSchedule, draw_noise, n_noise_draws
+    from skdiffusion.inference import sample_context_parts
+    from skdiffusion.pretrained import load_directory
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 10, 4))
+    y = np.sin(x[..., 0]) + x[..., 2] + 0.1 * rng.standard_normal((1, 10))
+    wide = np.zeros((1, 10, 6))
+    wide[..., [0, 2, 3, 5]] = x
+    model = load_directory(_saved_head_model(tmp_path / "m", seed=1))[0].eval()
+    schedule = NoiseSchedule(20, "cosine")
+    noise = draw_noise(n_noise_draws(schedule), (1, 1, 5, 8), torch.Generator().manual_seed(0))
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    narrow = sample_context_parts(model, schedule, [(t(x[:, :5]), t(y[:, :5]))], t(x[:, 5:]),
+                                  noise)
+    assert float(narrow.std()) > 0.1  # samples, not a constant
+    got = sample_context_parts(model, schedule, [(t(wide[:, :5]), t(y[:, :5]))],
+                               t(wide[:, 5:]), noise)
+    torch.testing.assert_close(got, narrow, rtol=1e-4, atol=1e-4)
+
+
+def test_a_context_over_the_whole_context_limit_gets_a_baseline_of_evenly_spaced_rows(
+        monkeypatch, tmp_path):
+    """Above WHOLE_CONTEXT_MAX points the parts' shared baseline is fitted to that many
+    of them, evenly spaced: an untrained model samples that fit's Gaussian."""
+    from skdiffusion import inference
+    from skdiffusion.diffusion import NoiseSchedule, draw_noise, n_noise_draws
+    from skdiffusion.pretrained import load_directory
+
+    monkeypatch.setattr(inference, "WHOLE_CONTEXT_MAX", 20)
+    xc, yc, xq = _task(k=50, m=5, d=2, seed=6)
+    model = load_directory(_saved_head_model(tmp_path / "m"))[0].double().eval()
+    x, y, q = _t(np.pad(xc, ((0, 0), (0, 2)))), _t(yc), _t(np.pad(xq, ((0, 0), (0, 2))))
+    parts = [(x[:, a:b], y[:, a:b]) for a, b in ((0, 16), (16, 32), (32, 50))]
+    schedule = NoiseSchedule(20, "cosine")
+    noise = draw_noise(n_noise_draws(schedule), (3, 1, 5, 2000), torch.Generator().manual_seed(0),
+                       torch.float64, antithetic=True)
+    s = inference.sample_context_parts(model, schedule, parts, q, noise)
+    rows = torch.linspace(0, 49, 20).round().long()
+    m, v = inference.baseline_predictive(model, x[:, rows], y[:, rows], q)
+    torch.testing.assert_close(s.mean((0, 3))[0], m[0], atol=0.02 * float(v.max().sqrt()), rtol=0)
+    m_all, _ = inference.baseline_predictive(model, x, y, q)
+    assert (m_all - m).abs().max() > 0.1 * float(v.max().sqrt())  # the subset differs
