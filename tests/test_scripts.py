@@ -72,3 +72,14 @@ def test_small_contexts(micro_model):
                "--tasks", 3, "--queries", 2, "--samples", 4)
     rows = [line for line in text.splitlines() if line.startswith("| linear | gaussian |")]
     assert len(rows) == 7 and "| gp, k <= d + 3 | geometric mean |" in text
+
+
+def test_beyond_training(micro_model, tmp_path):
+    out = tmp_path / "beyond.md"
+    run(ROOT / "benchmarks" / "beyond_training.py", "--model", micro_model, "--widths", 12,
+        "--rows", 60, "--folds", 2, "--methods", "skdiffusion,skdiffusion behind PCA(10)",
+        "--out", out)
+    text = out.read_text()
+    assert "| Friedman 1, d = 12 | skdiffusion behind PCA(10) |" in text
+    assert "| diabetes + 45 products (d = 55) | skdiffusion |" in text
+    assert "## More than 1,024 rows" in text and "| Friedman 3, n = 60 | skdiffusion |" in text
