@@ -71,8 +71,10 @@ def test_output_invariant_to_context_permutation(model):
     full = forward(model, x, y, c, y_t, t)[K:]
     perm = torch.cat([torch.randperm(K, generator=torch.Generator().manual_seed(3)),
                       torch.arange(K, K + M)])
+    # float64 rounding of the permuted sums, carried through the ARD member's Adam steps:
+    # 1.1e-10 on one thread (OMP_NUM_THREADS=1), under 1e-10 on two
     torch.testing.assert_close(forward(model, x[perm], y[perm], c[perm], y_t[perm], t[perm])[K:],
-                               full, rtol=0, atol=1e-10)
+                               full, rtol=0, atol=1e-9)
     y2 = y.clone()
     y2[0] += 1.0
     assert not torch.allclose(forward(model, x, y2, c, y_t, t)[K:], full)
