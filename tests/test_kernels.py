@@ -293,7 +293,7 @@ def test_relevant_features_rank_by_ard_lengthscale():
     assert relevant_features(fit, 5).tolist() == [[0, 1, 2, 3, 4]]
 
 
-def _saved_head_model(path, seed=None, **kw):
+def _saved_head_model(path, seed=None):
     """An untrained ``"ard"`` head model directory (max_features=4); with ``seed`` every
     weight is redrawn (a head that is not zero, so the transformer's output matters)."""
     from skdiffusion.checkpoint import save_model
@@ -301,7 +301,7 @@ def _saved_head_model(path, seed=None, **kw):
     from skdiffusion.pretrained import build
 
     spec = ModelConfig(architecture="head", baseline="ard", max_features=4, n_layer=1,
-                       n_embd=16, n_head=2, timesteps=20, **kw).spec()
+                       n_embd=16, n_head=2, timesteps=20).spec()
     model = build(spec)[0]
     if seed is not None:
         g = torch.Generator().manual_seed(seed)
