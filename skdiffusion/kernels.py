@@ -52,9 +52,14 @@ def n_features(ard=False):
     return 3 * (N_KERNELS + int(ard)) + 2
 
 
+def _used(x, w):
+    """(B, F) bool: the features in use (non-zero at some context point, weights w)."""
+    return ((x * w[..., None]) != 0).any(1)
+
+
 def _n_used(x, w):
-    """(B, 1, 1) number of features in use (non-zero at some context point), at least 1."""
-    return ((x * w[..., None]) != 0).any(1).sum(-1).clamp(min=1).to(x.dtype)[:, None, None]
+    """(B, 1, 1) number of features in use, at least 1."""
+    return _used(x, w).sum(-1).clamp(min=1).to(x.dtype)[:, None, None]
 
 
 def _sq_dist(xa, xb):
@@ -133,7 +138,7 @@ def fit_lengthscales(x, y, w, d, theta0, log_r0):
     if x.shape[1] > ARD_POINTS:
         idx = torch.linspace(0, x.shape[1] - 1, ARD_POINTS, device=x.device).round().long()
         x, y, w = x[:, idx], y[:, idx], w[:, idx]
-    used = ((x * w[..., None]) != 0).any(1).to(x.dtype)                 # (B, F)
+    used = _used(x, w).to(x.dtype)                                     # (B, F)
     sqrt_d = d[:, 0].sqrt()                                            # (B, 1)
     theta = (theta0.expand_as(used) * used).clone()
     log_r = log_r0.clone()
@@ -204,7 +209,7 @@ def fit_gp(x, y, is_context, ard=False):
 def relevant_features(fit, n):
     """Indices (B, n), ascending, of each task's n most relevant features by the ARD
     member's lengthscales (shortest first; features unused in the context last)."""
-    used = ((fit["x"] * fit["w"][..., None]) != 0).any(1)
+    used = _used(fit["x"], fit["w"])
     score = torch.where(used, fit["ls"], torch.full_like(fit["ls"], math.inf))
     return score.argsort(dim=-1, stable=True)[:, :n].sort(-1).values
 
