@@ -18,7 +18,12 @@ context's type-II MAP (a log-normal prior per lengthscale, a few Adam steps star
 best isotropic RBF; :func:`fit_lengthscales`), its evidence penalized for the d - 1 extra
 hyperparameters (BIC's 1/2 log k each), its prior weight that of one more RBF. It lets the
 average drop irrelevant features and stretch smooth ones (Friedman 1: R^2 0.82 -> 0.95
-with the features alone, docs/functions.md).
+with the features alone, docs/functions.md). The ARD member has a heteroscedastic variant
+in the same feature slot (``HETERO``): its noise variance is s^2 r exp(h(x)) with h linear
+in x, fitted to the log squared leave-one-out residuals of the ARD member; in the
+eigenbasis of D^-1 K D^-1 (D = diag exp(h / 2)) it is the same ratio-grid fit, with
+log |D| taken from its log likelihood (heteroscedastic GP draws: CRPS / ARD GP 0.962 ->
+0.928 with the features alone, docs/functions.md).
 
 Everything is computed in each kernel matrix's eigenbasis (one ``eigh`` per task and
 kernel), so the whole ratio grid costs elementwise work only. Non-context tokens are
@@ -45,6 +50,14 @@ N_KERNELS = len(LENGTHSCALES) + 1
 ARD_PRIOR_SD = 1.5
 ARD_STEPS, ARD_LR, ARD_POINTS = 15, 0.25, 256
 ARD_PENALTY = 0.5  # nats per extra lengthscale and log(k) in its weight (BIC-like)
+# The heteroscedastic variant of the ARD member (``ard=True``): the same kernel with noise
+# variance s^2 r exp(h(x)), h linear in x, fitted by ridge (prior slope variance
+# HET_PRIOR_VAR per feature) to the log squared leave-one-out residuals of the ARD member
+# at its best ratio (E log chi2_1 is a constant, absorbed by the ratio grid); it shares the
+# ARD member's feature slot and HET_SHARE of its prior weight; its evidence is penalized
+# HET_PENALTY nats per slope and log(k), and h is clipped to +-HET_CLIP.
+HETERO = True
+HET_PRIOR_VAR, HET_SHARE, HET_CLIP, HET_PENALTY = 1.0, 0.8, 4.0, 0.25
 
 
 def n_features(ard=False):
@@ -88,12 +101,15 @@ def _diag(x, d, ard=False):
     return [v + INTERCEPT for v in out]
 
 
-def _log_prior(n_kernels, dtype, device):
+def _log_prior(n_kernels, dtype, device, het=False):
     """Log prior over (kernel, ratio) (1, L, 1): the linear kernel LINEAR_PRIOR, the RBFs
-    (the ARD member among them) share the rest; ratios uniform."""
+    (the ARD member among them) share the rest; ratios uniform. ``het``: the ARD member's
+    share split with its heteroscedastic variant, appended last (HET_SHARE)."""
     rbf = (1 - LINEAR_PRIOR) / (n_kernels - 1)
     p = [rbf] * len(LENGTHSCALES) + [LINEAR_PRIOR]
     p += [rbf] * (n_kernels - len(p))  # the ARD member
+    if het:
+        p = p[:-1] + [rbf * (1 - HET_SHARE), rbf * HET_SHARE]
     return torch.log(torch.tensor(p, dtype=dtype, device=device))[None, :, None]
 
 
@@ -173,6 +189,33 @@ def _fit_kernel(K, yc, k, r):
     return U, inv, z, s2, -0.5 * (k[:, None] * torch.log(s2) + logdet)
 
 
+def _het_member(K, yc, w, k, r, d, ard_fit, xc):
+    """The heteroscedastic variant of the ARD member (see HETERO): its fit tuple, penalized
+    log likelihood and the log-variance model (centre xm (B, F), slope c (B, F))."""
+    U, inv, z, s2, loglik = ard_fit
+    B = yc.shape[0]
+    best = loglik.argmax(-1)                                           # (B,)
+    inv_b = inv[torch.arange(B, device=yc.device), best]               # (B, kc)
+    Ainv = (U * inv_b[:, None]) @ U.transpose(1, 2)
+    diag = Ainv.diagonal(dim1=1, dim2=2)
+    loo = (Ainv @ yc[..., None])[..., 0] / diag.clamp(min=1e-300) * w
+    tiny = 1e-6 * (loo**2 * w).sum(1, keepdim=True) / k[:, None].clamp(min=1)
+    ell = torch.log(loo**2 + tiny + 1e-300) * w
+    kk = k[:, None].clamp(min=1)
+    xm = (xc * w[..., None]).sum(1) / kk
+    lm = ell.sum(1, keepdim=True) / kk
+    Xc = (xc - xm[:, None]) * w[..., None]
+    eye = torch.eye(xc.shape[-1], dtype=xc.dtype, device=xc.device)
+    G = Xc.transpose(1, 2) @ Xc + (math.pi**2 / 2 / HET_PRIOR_VAR) * eye
+    c = torch.linalg.solve(G, (Xc.transpose(1, 2) @ ((ell - lm) * w)[..., None]))[..., 0]
+    h = ((Xc @ c[..., None])[..., 0]).clamp(-HET_CLIP, HET_CLIP) * w  # log noise multiplier
+    Dinv = torch.exp(-h / 2)
+    fit = _fit_kernel(K * Dinv[:, :, None] * Dinv[:, None, :], yc * Dinv, k, r)
+    penalty = HET_PENALTY * d[:, 0] * torch.log(k.clamp(min=1))[:, None]
+    loglik = fit[4] - 0.5 * h.sum(1, keepdim=True) - penalty
+    return (*fit[:4], loglik), {"xm": xm, "c": c, "Dinv": Dinv}
+
+
 def fit_gp(x, y, is_context, ard=False):
     """Fit every (kernel, ratio) GP to the context tokens of each task.
 
@@ -200,10 +243,17 @@ def fit_gp(x, y, is_context, ard=False):
         U, inv, z, s2, loglik = _fit_kernel(_ard_kernel(xc, xc, ls) * mask - pad, yc, k, r)
         penalty = ARD_PENALTY * (d[:, 0] - 1) * torch.log(k.clamp(min=1))[:, None]
         fits.append((U, inv, z, s2, loglik - penalty))
+    het = None
+    if ard and HETERO:
+        het_fit, het = _het_member(_ard_kernel(xc, xc, ls) * mask - pad, yc, w, k, r, d,
+                                   fits[-1], xc)
+        fits.append(het_fit)
     loglik = torch.stack([f[4] for f in fits], 1)                        # (B, L, R)
-    post = loglik + _log_prior(loglik.shape[1], loglik.dtype, loglik.device)
+    post = loglik + _log_prior(loglik.shape[1] - int(het is not None), loglik.dtype,
+                               loglik.device, het is not None)
     post = torch.softmax(post.flatten(1), -1).view(loglik.shape)
-    return {"x": xc, "w": w, "d": d, "r": r, "kernels": fits, "post": post, "ls": ls}
+    return {"x": xc, "w": w, "d": d, "r": r, "kernels": fits, "post": post, "ls": ls,
+            "het": het}
 
 
 def relevant_features(fit, n):
@@ -218,17 +268,26 @@ def gp_features_at(fit, x):
     """(B, M, :func:`n_features`) at x (B, M, F): per kernel the predictive mean, log
     variance and posterior weight (marginal over the ratio grid), then the mixture's mean and log
     variance (see :func:`gp_moments`)."""
-    d, r, post = fit["d"], fit["r"], fit["post"]
+    d, r, post, het = fit["d"], fit["r"], fit["post"], fit.get("het")
     cross = _kernel_matrices(x, fit["x"], d, fit["ls"])
-    means, logvars, weights = [], [], []
-    mix_m = mix_m2 = 0
     diag = _diag(x, d, fit["ls"] is not None)
-    for j, ((U, inv, z, s2, _), Kx, kxx) in enumerate(zip(fit["kernels"], cross, diag)):
+    noise = [torch.ones_like(diag[0])] * len(cross)
+    if het is not None:  # the ARD kernel scaled by the context's noise multipliers
+        cross.append(cross[-1] * het["Dinv"][:, None])
+        diag.append(diag[-1])
+        h = ((x - het["xm"][:, None]) @ het["c"][..., None])[..., 0]
+        noise.append(torch.exp(h.clamp(-HET_CLIP, HET_CLIP)))
+    members = []
+    for j, ((U, inv, z, s2, _), Kx, kxx, nx) in enumerate(zip(fit["kernels"], cross, diag, noise)):
         a = (Kx * fit["w"][:, None]) @ U                                   # (B, M, kc)
         mu = a @ (inv * z[:, None]).transpose(1, 2)                       # (B, M, R)
-        v = s2[:, None] * (kxx[..., None] + r - (a * a) @ inv.transpose(1, 2))
-        v = v.clamp(min=1e-6 * s2[:, None])
-        p = post[:, j][:, None]                                            # (B, 1, R)
+        v = s2[:, None] * (kxx[..., None] + r * nx[..., None] - (a * a) @ inv.transpose(1, 2))
+        members.append((mu, v.clamp(min=1e-6 * s2[:, None]), post[:, j][:, None]))
+    if het is not None:  # one feature slot for the ARD member and its variant
+        members[-2:] = [tuple(torch.cat(t, -1) for t in zip(*members[-2:]))]
+    means, logvars, weights = [], [], []
+    mix_m = mix_m2 = 0
+    for mu, v, p in members:                                              # p (B, 1, R)
         pj = p.sum(-1).clamp(min=1e-30)
         mj = (p * mu).sum(-1) / pj
         m2j = (p * (v + mu * mu)).sum(-1) / pj
