@@ -192,7 +192,7 @@ def _fit_kernel(K, yc, k, r):
 def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     """The heteroscedastic variant of the ARD member (see HETERO): its fit tuple, penalized
     log likelihood and the log-variance model (centre xm (B, F), slope c (B, F))."""
-    U, inv, z, s2, loglik = ard_fit
+    U, inv, _, _, loglik = ard_fit
     B = yc.shape[0]
     best = loglik.argmax(-1)                                           # (B,)
     inv_b = inv[torch.arange(B, device=yc.device), best]               # (B, kc)
@@ -240,13 +240,13 @@ def fit_gp(x, y, is_context, ard=False):
         theta0 = torch.log(torch.tensor(LENGTHSCALES, dtype=x.dtype, device=x.device))
         ls = fit_lengthscales(xc, yc, w, d, theta0[best // len(RATIOS)][:, None],
                               torch.log(r)[best % len(RATIOS)][:, None])
-        U, inv, z, s2, loglik = _fit_kernel(_ard_kernel(xc, xc, ls) * mask - pad, yc, k, r)
+        K_ard = _ard_kernel(xc, xc, ls) * mask - pad
+        U, inv, z, s2, loglik = _fit_kernel(K_ard, yc, k, r)
         penalty = ARD_PENALTY * (d[:, 0] - 1) * torch.log(k.clamp(min=1))[:, None]
         fits.append((U, inv, z, s2, loglik - penalty))
     het = None
     if ard and HETERO:
-        het_fit, het = _het_member(_ard_kernel(xc, xc, ls) * mask - pad, yc, w, k, r, d,
-                                   fits[-1], xc)
+        het_fit, het = _het_member(K_ard, yc, w, k, r, d, fits[-1], xc)
         fits.append(het_fit)
     loglik = torch.stack([f[4] for f in fits], 1)                        # (B, L, R)
     post = loglik + _log_prior(loglik.shape[1] - int(het is not None), loglik.dtype,
