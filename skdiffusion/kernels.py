@@ -189,6 +189,11 @@ def _fit_kernel(K, yc, k, r):
     return U, inv, z, s2, -0.5 * (k[:, None] * torch.log(s2) + logdet)
 
 
+def _log_noise(het, x):
+    """The heteroscedastic variant's log noise multiplier h at x (B, N, F), clipped."""
+    return ((x - het["xm"][:, None]) @ het["c"][..., None])[..., 0].clamp(-HET_CLIP, HET_CLIP)
+
+
 def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     """The heteroscedastic variant of the ARD member (see HETERO): its fit tuple, penalized
     log likelihood and the log-variance model (centre xm (B, F), slope c (B, F))."""
@@ -199,21 +204,22 @@ def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     Ainv = (U * inv_b[:, None]) @ U.transpose(1, 2)
     diag = Ainv.diagonal(dim1=1, dim2=2)
     loo = (Ainv @ yc[..., None])[..., 0] / diag.clamp(min=1e-300) * w
-    tiny = 1e-6 * (loo**2 * w).sum(1, keepdim=True) / k[:, None].clamp(min=1)
-    ell = torch.log(loo**2 + tiny + 1e-300) * w
     kk = k[:, None].clamp(min=1)
+    tiny = 1e-6 * (loo**2 * w).sum(1, keepdim=True) / kk
+    ell = torch.log(loo**2 + tiny + 1e-300) * w
     xm = (xc * w[..., None]).sum(1) / kk
     lm = ell.sum(1, keepdim=True) / kk
     Xc = (xc - xm[:, None]) * w[..., None]
     eye = torch.eye(xc.shape[-1], dtype=xc.dtype, device=xc.device)
     G = Xc.transpose(1, 2) @ Xc + (math.pi**2 / 2 / HET_PRIOR_VAR) * eye
     c = torch.linalg.solve(G, (Xc.transpose(1, 2) @ ((ell - lm) * w)[..., None]))[..., 0]
-    h = ((Xc @ c[..., None])[..., 0]).clamp(-HET_CLIP, HET_CLIP) * w  # log noise multiplier
-    Dinv = torch.exp(-h / 2)
+    het = {"xm": xm, "c": c}
+    h = _log_noise(het, xc) * w
+    het["Dinv"] = Dinv = torch.exp(-h / 2)
     fit = _fit_kernel(K * Dinv[:, :, None] * Dinv[:, None, :], yc * Dinv, k, r)
     penalty = HET_PENALTY * d[:, 0] * torch.log(k.clamp(min=1))[:, None]
     loglik = fit[4] - 0.5 * h.sum(1, keepdim=True) - penalty
-    return (*fit[:4], loglik), {"xm": xm, "c": c, "Dinv": Dinv}
+    return (*fit[:4], loglik), het
 
 
 def fit_gp(x, y, is_context, ard=False):
@@ -268,15 +274,14 @@ def gp_features_at(fit, x):
     """(B, M, :func:`n_features`) at x (B, M, F): per kernel the predictive mean, log
     variance and posterior weight (marginal over the ratio grid), then the mixture's mean and log
     variance (see :func:`gp_moments`)."""
-    d, r, post, het = fit["d"], fit["r"], fit["post"], fit.get("het")
+    d, r, post, het = fit["d"], fit["r"], fit["post"], fit["het"]
     cross = _kernel_matrices(x, fit["x"], d, fit["ls"])
     diag = _diag(x, d, fit["ls"] is not None)
     noise = [torch.ones_like(diag[0])] * len(cross)
     if het is not None:  # the ARD kernel scaled by the context's noise multipliers
         cross.append(cross[-1] * het["Dinv"][:, None])
         diag.append(diag[-1])
-        h = ((x - het["xm"][:, None]) @ het["c"][..., None])[..., 0]
-        noise.append(torch.exp(h.clamp(-HET_CLIP, HET_CLIP)))
+        noise.append(torch.exp(_log_noise(het, x)))
     members = []
     for j, ((U, inv, z, s2, _), Kx, kxx, nx) in enumerate(zip(fit["kernels"], cross, diag, noise)):
         a = (Kx * fit["w"][:, None]) @ U                                   # (B, M, kc)
