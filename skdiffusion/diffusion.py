@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 PREDICTION_TYPES = ("epsilon", "v", "sample")
 SCHEDULES = ("cosine", "linear")
+REVERSE_VARIANCES = ("beta_tilde", "beta", "analytic")
 MAX_ABAR_T = 1e-3
 
 
@@ -80,16 +81,29 @@ class NoiseSchedule:
             return pred, (y_t - a * pred) / b
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
-    def posterior(self, y0, y_t, t, variance="beta_tilde", s=None):
-        """Mean and variance of q(y_s | y_t, y_0) for scalar timesteps t > s >= 0 (default
-        s = t - 1). ``variance="beta"`` is the upper bound 1 - abar_t / abar_s."""
+    def posterior(self, y0, y_t, t, variance="beta_tilde", s=None, y0_var=None):
+        """Mean and variance of the reverse step from y_t to y_s for scalar timesteps
+        t > s >= 0 (default s = t - 1): q(y_s | y_t, y_0) at y_0 = ``y0``.
+
+        ``variance``: "beta_tilde" (that of q), "beta" (the upper bound
+        1 - abar_t / abar_s) or "analytic": beta_tilde + coef1^2 Var(y_0 | y_t), the
+        variance of p(y_s | y_t) when y_0 is Gaussian with variance ``y0_var`` (a tensor
+        broadcastable to y_t; Bao et al. 2022, Analytic-DPM, with a per-element data
+        variance). With the exact denoiser of that Gaussian, ancestral sampling with
+        it returns exactly the Gaussian, whatever the stride."""
+        if variance not in REVERSE_VARIANCES:
+            raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
         s = t - 1 if s is None else s
         ab, ab_prev = self.abar[t].item(), self.abar[s].item()
         alpha = ab / ab_prev
         beta = 1.0 - alpha
         coef1 = beta * math.sqrt(ab_prev) / (1.0 - ab)
         coef2 = (1.0 - ab_prev) * math.sqrt(alpha) / (1.0 - ab)
-        var = beta * (1.0 - ab_prev) / (1.0 - ab) if variance == "beta_tilde" else beta
+        var = beta if variance == "beta" else beta * (1.0 - ab_prev) / (1.0 - ab)
+        if variance == "analytic":
+            if y0_var is None:
+                raise ValueError("variance='analytic' needs y0_var, the variance of y_0")
+            var = var + coef1**2 * y0_var * (1.0 - ab) / (ab * y0_var + 1.0 - ab)
         return coef1 * y0 + coef2 * y_t, var
 
 
@@ -142,20 +156,22 @@ def draw_noise(n_draws, shape, generator, dtype=torch.float32, device="cpu", ant
 
 @torch.no_grad()
 def ddpm_sample(denoise, schedule, noise, prediction_type="v", variance="beta_tilde",
-                progress=False, n_steps=None):
+                progress=False, n_steps=None, y0_var=None):
     """Ancestral DDPM over all T steps, or over the ``n_steps`` of :func:`ddpm_timesteps`
-    (each step samples the exact q(y_s | y_t, y0_hat) of its stride).
+    (each step samples the reverse step of its stride, :meth:`NoiseSchedule.posterior`,
+    at y0_hat; ``y0_var`` is for ``variance="analytic"``).
 
     ``noise`` has shape (S + 1, *shape): ``noise[0]`` is y_T, ``noise[i]`` the step noise.
-    No noise is added at the last step.
+    No noise is added at the last step (q's variance is 0 there), except with
+    ``variance="analytic"``, whose last step adds Var(y_0 | y_t).
     """
     steps = ddpm_timesteps(schedule.timesteps, n_steps or schedule.timesteps)
     y = noise[0]
     for i, t in enumerate(tqdm(steps, desc="DDPM", disable=not progress), start=1):
         s = steps[i] if i < len(steps) else 0
         y0, _ = schedule.to_y0_eps(denoise(y, t), y, t, prediction_type)
-        mean, var = schedule.posterior(y0, y, t, variance, s)
-        y = mean + math.sqrt(var) * noise[i] if s > 0 else mean
+        mean, var = schedule.posterior(y0, y, t, variance, s, y0_var)
+        y = mean + var**0.5 * noise[i] if s > 0 or variance == "analytic" else mean
     return y
 
 
@@ -179,10 +195,12 @@ def ddim_sample(denoise, schedule, noise, n_steps, eta=0.0, prediction_type="v",
 
 
 def sample(denoise, schedule, noise, sampler="ddim", n_steps=25, eta=0.0,
-           prediction_type="v", variance="beta_tilde", progress=False):
-    """Dispatch to :func:`ddpm_sample` or :func:`ddim_sample`."""
+           prediction_type="v", variance="beta_tilde", progress=False, y0_var=None):
+    """Dispatch to :func:`ddpm_sample` or :func:`ddim_sample` (which has no variance
+    choice)."""
     if sampler == "ddpm":
-        return ddpm_sample(denoise, schedule, noise, prediction_type, variance, progress, n_steps)
+        return ddpm_sample(denoise, schedule, noise, prediction_type, variance, progress,
+                           n_steps, y0_var)
     if sampler == "ddim":
         return ddim_sample(denoise, schedule, noise, n_steps, eta, prediction_type, progress)
     raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")

@@ -46,7 +46,8 @@ HEAD_ROWS = 16384  # (query, sample) rows per head pass, to bound memory (4 MB a
 
 
 def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
-    """Closure ``denoise(y_t, t)`` for a :class:`~skdiffusion.head.HeadDenoiser`.
+    """(closure ``denoise(y_t, t)`` for a :class:`~skdiffusion.head.HeadDenoiser`, the
+    variance (B, len(contexts) * m, 1) of the Gaussian baseline at each query).
 
     ``contexts``: a list of (x_ctx (B, k_j, F), y_ctx (B, k_j)) for the same queries
     x_q (B, m, F); y_t has shape (B, len(contexts) * m, n_samples), the queries of each
@@ -108,7 +109,8 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
                                        t, time) for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
-    return denoise
+    n = x_q.shape[0] * len(contexts) * m
+    return denoise, var[:n].reshape(x_q.shape[0], len(contexts) * m, 1)
 
 
 def _pad_rows(a, multiple):
@@ -125,8 +127,12 @@ def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm
     x_ctx: (B, k, d), y_ctx: (B, k), x_q: (B, m, d) with d <= max_features (any d for a
     model with ``wide_inputs``, see :func:`make_head_denoise_fn`);
     ``noise`` has shape (n_draws, B, m, n_samples), see :func:`n_noise_draws`.
-    DDPM uses the posterior variance ``variance`` ("beta" is the calibrated default,
-    see tests/test_diffusion.py).
+    DDPM uses the reverse variance ``variance``
+    (:meth:`~skdiffusion.diffusion.NoiseSchedule.posterior`): "beta" (the default; its
+    over-dispersion of narrow predictives at few steps makes up for the shipped model's
+    slightly narrow Gaussian, docs/sampling.md) or, for a head denoiser, "analytic", with the
+    variance of its Gaussian baseline at each query: the chain then samples exactly that
+    Gaussian at any number of steps when the head adds nothing (docs/sampling.md).
     """
     return sample_context_parts(model, schedule, [(x_ctx, y_ctx)], x_q, noise[:, None],
                                 sampler, n_steps, eta, prediction_type, variance, chunk_size,
@@ -158,8 +164,9 @@ def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", 
     else:
         n_draws, n_parts, B, m, n_samples = noise.shape
         flat = noise.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, n_samples)  # parts in turn
-        out = sample(make_head_denoise_fn(model, contexts, x_q), schedule, flat, sampler,
-                     n_steps, eta, prediction_type, variance, progress)
+        denoise, y0_var = make_head_denoise_fn(model, contexts, x_q)
+        out = sample(denoise, schedule, flat, sampler, n_steps, eta, prediction_type,
+                     variance, progress, y0_var)
         out = out.reshape(B, n_parts, m, n_samples).transpose(0, 1)
     # wide inputs keep the network's answer: least squares on more features than
     # meta-training saw overfits (diabetes with its 45 pairwise products: R^2 0.40

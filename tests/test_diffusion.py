@@ -36,9 +36,11 @@ def _oracle_affine(schedule, t, mu, s):
     return mu - g * math.sqrt(ab) * mu, g
 
 
-def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_tilde"):
-    """Exact (mean, std) of a sampler's output with the oracle denoiser."""
-    m, v = 0.0, 1.0
+def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_tilde",
+              start=(0.0, 1.0)):
+    """Exact (mean, std) of a sampler's output with the oracle denoiser, y_T ~ N(start)
+    (the sampler's N(0, 1) by default)."""
+    m, v = start
     if sampler == "ddpm":
         steps = ddpm_timesteps(schedule.timesteps, n_steps or schedule.timesteps)
         for t, tp in zip(steps, steps[1:] + [0]):
@@ -48,7 +50,9 @@ def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_ti
             c1 = beta * math.sqrt(abp) / (1 - ab)
             c2 = (1 - abp) * math.sqrt(1 - beta) / (1 - ab)
             m, v = c1 * m0 + (c1 * g + c2) * m, (c1 * g + c2) ** 2 * v
-            if tp > 0:
+            if variance == "analytic":  # beta_tilde + c1^2 Var(y0 | y_t), last step too
+                v += beta * (1 - abp) / (1 - ab) + c1**2 * s * s * (1 - ab) / (ab * s * s + 1 - ab)
+            elif tp > 0:
                 v += beta * (1 - abp) / (1 - ab) if variance == "beta_tilde" else beta
         return m, math.sqrt(v)
     steps = ddim_timesteps(schedule.timesteps, n_steps)
@@ -67,8 +71,9 @@ def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_ti
 def run(schedule, mu, s, ptype, sampler, n_steps=None, eta=0.0, variance="beta_tilde", seed=0):
     g = torch.Generator().manual_seed(seed)
     noise = draw_noise(n_noise_draws(schedule, n_steps), (N,), g, torch.float64)
+    y0_var = torch.tensor(s * s, dtype=torch.float64) if variance == "analytic" else None
     return sample(oracle(schedule, mu, s, ptype), schedule, noise, sampler, n_steps, eta,
-                  ptype, variance)
+                  ptype, variance, y0_var=y0_var)
 
 
 def assert_moments(y, mean, std):
@@ -175,6 +180,47 @@ def test_strided_ddpm_discretization_bounded(S, rel_tol, s):
     mean, std = chain_law(NoiseSchedule(50), 0.5, s, "ddpm", S, variance="beta")
     assert abs(mean - 0.5) < 1e-3 * max(s, 1)
     assert abs(std / s - 1) < rel_tol
+
+
+# The analytic reverse variance (beta_tilde + coef1^2 Var(y0 | y_t), Var from the target's
+# own variance) makes each reverse step the exact p(y_s | y_t) of a Gaussian target: from
+# y_T distributed as the forward chain leaves it, the chain returns N(mu, s^2) to rounding
+# at any stride, one step included; from the sampler's N(0, 1) start, to abar_T (< 1e-3).
+# The "beta" chain's error at the same strides is 5 % or more for some s (checked, so the
+# comparison can fail).
+@pytest.mark.parametrize("S", [1, 2, 5, 20, 50])
+@pytest.mark.parametrize("s", [0.01, 0.05, 0.3, 1.0, 3.0])
+def test_analytic_variance_chain_is_exact_at_any_stride(S, s):
+    sch = NoiseSchedule(50)
+    ab_T = sch.abar[-1].item()
+    forward = (math.sqrt(ab_T) * 0.5, ab_T * s * s + 1 - ab_T)
+    mean, std = chain_law(sch, 0.5, s, "ddpm", S, variance="analytic", start=forward)
+    assert abs(mean - 0.5) < 1e-12 and abs(std / s - 1) < 1e-10
+    mean, std = chain_law(sch, 0.5, s, "ddpm", S, variance="analytic")
+    assert abs(mean - 0.5) < 2e-3 and abs(std / s - 1) < 1e-3
+
+
+def test_beta_variance_chain_is_not_exact_at_the_same_strides():
+    errors = [abs(chain_law(NoiseSchedule(50), 0.5, s, "ddpm", S, variance="beta")[1] / s - 1)
+              for S in (5, 20) for s in (0.05, 0.3)]
+    assert max(errors) > 0.05
+
+
+@pytest.mark.parametrize("ptype", PTYPES)
+@pytest.mark.parametrize("mu,s", CASES)
+@pytest.mark.parametrize("S", [3, 20])
+def test_analytic_ddpm_samples_match_target(S, mu, s, ptype):
+    sch = NoiseSchedule(50)
+    y = run(sch, mu, s, ptype, "ddpm", S, variance="analytic", seed=4)
+    assert_moments(y, *chain_law(sch, mu, s, "ddpm", S, variance="analytic"))
+
+
+def test_analytic_variance_needs_the_data_variance():
+    sch = NoiseSchedule(50)
+    with pytest.raises(ValueError, match="y0_var"):
+        sch.posterior(torch.zeros(3), torch.zeros(3), 10, "analytic", 5)
+    with pytest.raises(ValueError, match="variance must be one of"):
+        sch.posterior(torch.zeros(3), torch.zeros(3), 10, "optimal", 5)
 
 
 @pytest.mark.parametrize("S,eta,min_ratio", [(50, 0.0, 0.95), (50, 1.0, 0.94), (10, 0.0, 0.80), (10, 1.0, 0.78)])

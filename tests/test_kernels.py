@@ -439,3 +439,32 @@ def test_a_context_over_the_whole_context_limit_gets_a_baseline_of_evenly_spaced
     torch.testing.assert_close(s.mean((0, 3))[0], m[0], atol=0.02 * float(v.max().sqrt()), rtol=0)
     m_all, _ = inference.baseline_predictive(model, x, y, q)
     assert (m_all - m).abs().max() > 0.1 * float(v.max().sqrt())  # the subset differs
+
+
+def test_analytic_variance_samples_an_untrained_models_baseline_exactly(tmp_path):
+    """With ``variance="analytic"`` the chain of a zero-head model is the exact sampler of
+    its Gaussian baseline at any number of steps (tests/test_diffusion.py): three context
+    parts, one shared whole-context fit, 3 steps, every query's mean and standard
+    deviation within Monte Carlo error of the baseline's (the heteroscedastic variant on,
+    whose narrow predictives the default "beta" chain widens by 10-20 % at 20 steps)."""
+    from skdiffusion import inference
+    from skdiffusion.diffusion import NoiseSchedule, draw_noise, n_noise_draws
+    from skdiffusion.pretrained import load_directory
+
+    xc, yc, xq = _task(k=48, m=6, d=2, seed=7)
+    model = load_directory(_saved_head_model(tmp_path / "m"))[0].double().eval()
+    x, y, q = _t(np.pad(xc, ((0, 0), (0, 2)))), _t(yc), _t(np.pad(xq, ((0, 0), (0, 2))))
+    parts = [(x[:, a:b], y[:, a:b]) for a, b in ((0, 16), (16, 32), (32, 48))]
+    schedule, n = NoiseSchedule(20, "cosine"), 4000
+    noise = draw_noise(n_noise_draws(schedule, 3), (3, 1, 6, n), torch.Generator().manual_seed(1),
+                       torch.float64)
+    m, v = inference.baseline_predictive(model, x, y, q)
+    sd = v.sqrt()[0]
+    for variance, ok in (("analytic", True), ("beta", False)):
+        s = inference.sample_context_parts(model, schedule, parts, q, noise, n_steps=3,
+                                           variance=variance)
+        for part in s[:, 0]:  # every part samples the whole context's baseline
+            torch.testing.assert_close(part.mean(-1), m[0], atol=5 * float(sd.max()) / n**0.5,
+                                       rtol=0)
+            close = ((part.std(-1) / sd - 1).abs() < 5 / (2 * n) ** 0.5).all()
+            assert bool(close) == ok
