@@ -209,7 +209,7 @@ def test_beta_variance_chain_is_not_exact_at_the_same_strides():
 @pytest.mark.parametrize("ptype", PTYPES)
 @pytest.mark.parametrize("mu,s", CASES)
 @pytest.mark.parametrize("S", [3, 20])
-def test_analytic_ddpm_samples_match_target(S, mu, s, ptype):
+def test_analytic_ddpm_samples_match_their_chain_law(S, mu, s, ptype):
     sch = NoiseSchedule(50)
     y = run(sch, mu, s, ptype, "ddpm", S, variance="analytic", seed=4)
     assert_moments(y, *chain_law(sch, mu, s, "ddpm", S, variance="analytic"))
