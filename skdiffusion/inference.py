@@ -130,9 +130,9 @@ def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm
     DDPM uses the reverse variance ``variance``
     (:meth:`~skdiffusion.diffusion.NoiseSchedule.posterior`): "beta" (the default; its
     over-dispersion of narrow predictives at few steps makes up for the shipped model's
-    slightly narrow Gaussian, docs/sampling.md) or, for a head denoiser, "analytic", with the
-    variance of its Gaussian baseline at each query: the chain then samples exactly that
-    Gaussian at any number of steps when the head adds nothing (docs/sampling.md).
+    slightly narrow Gaussian) or, for a head denoiser, "analytic", with the variance of
+    its Gaussian baseline at each query: the chain then samples exactly that Gaussian at
+    any number of steps when the head adds nothing (both measured in docs/sampling.md).
     """
     return sample_context_parts(model, schedule, [(x_ctx, y_ctx)], x_q, noise[:, None],
                                 sampler, n_steps, eta, prediction_type, variance, chunk_size,
