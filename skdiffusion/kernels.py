@@ -15,7 +15,7 @@ variances and posterior weights are features for the network.
 
 ``baseline="ard"`` adds one member: an RBF with a lengthscale per feature, set to each
 context's type-II MAP (a log-normal prior per lengthscale, a few Adam steps started at the
-best isotropic RBF; :func:`fit_lengthscales`), its evidence penalized for the d - 1 extra
+best isotropic RBF, see ARD_SHORT; :func:`fit_lengthscales`), its evidence penalized for the d - 1 extra
 hyperparameters (BIC's 1/2 log k each), its prior weight that of one more RBF. It lets the
 average drop irrelevant features and stretch smooth ones (Friedman 1: R^2 0.82 -> 0.95
 with the features alone, docs/functions.md). The ARD member has a heteroscedastic variant
@@ -50,6 +50,14 @@ N_KERNELS = len(LENGTHSCALES) + 1
 ARD_PRIOR_SD = 1.5
 ARD_STEPS, ARD_LR, ARD_POINTS = 15, 0.25, 256
 ARD_PENALTY = 0.5  # nats per extra lengthscale and log(k) in its weight (BIC-like)
+# It starts at the best isotropic RBF (by evidence) among the members' lengthscales, or
+# among the shorter ARD_SHORT (x sqrt(d), fitted only to choose the start) where the best
+# of those beats them in both evidence and leave-one-out squared error. From 0.25 sqrt(d)
+# the ascent stops at a smooth fit that reads a wiggly curve as noise (sunspots against
+# the year: type-II ML lengthscale 0.022 of the year's std, over 200 nats above 0.25);
+# on skewed inputs a short lengthscale can win the evidence alone by fitting isolated
+# points exactly, and then predicts them worse (docs/functions.md).
+ARD_SHORT = (1 / 32, 1 / 16, 1 / 8)
 # The heteroscedastic variant of the ARD member (``ard=True``): the same kernel with noise
 # variance s^2 r exp(h(x)), h linear in x, fitted by ridge (prior slope variance
 # HET_PRIOR_VAR per feature) to the log squared leave-one-out residuals of the ARD member
@@ -85,12 +93,16 @@ def _ard_kernel(xa, xb, ls):
     return torch.exp(-0.5 * _sq_dist(xa / ls[:, None], xb / ls[:, None])) + INTERCEPT
 
 
+def _rbf_matrices(xa, xb, d, lengthscales):
+    """Isotropic RBFs (lengthscales x sqrt(d)) plus the intercept: a list of (B, Na, Nb)."""
+    sq = _sq_dist(xa, xb) / d
+    return [torch.exp(-0.5 * sq / c**2) + INTERCEPT for c in lengthscales]
+
+
 def _kernel_matrices(xa, xb, d, ls=None):
     """Unit-variance kernels between xa (B, Na, F) and xb (B, Nb, F): a list of (B, Na, Nb),
     the ARD member last when its lengthscales ``ls`` (B, F) are given."""
-    sq = _sq_dist(xa, xb) / d
-    out = [torch.exp(-0.5 * sq / c**2) for c in LENGTHSCALES] + [xa @ xb.transpose(1, 2) / d]
-    out = [K + INTERCEPT for K in out]
+    out = _rbf_matrices(xa, xb, d, LENGTHSCALES) + [xa @ xb.transpose(1, 2) / d + INTERCEPT]
     return out if ls is None else out + [_ard_kernel(xa, xb, ls)]
 
 
@@ -194,16 +206,35 @@ def _log_noise(het, x):
     return ((x - het["xm"][:, None]) @ het["c"][..., None])[..., 0].clamp(-HET_CLIP, HET_CLIP)
 
 
+def _loo_residuals(fit, w, j):
+    """Leave-one-out residuals (B, kc) of a kernel's eigenbasis fit at ratio index j (B,),
+    zero at masked tokens: (A^-1 y)_i / (A^-1)_ii."""
+    U, inv, z = fit[:3]
+    inv_j = inv[torch.arange(len(j), device=j.device), j]                # (B, kc)
+    diag = (U * U) @ inv_j[..., None]
+    return (U @ (inv_j * z)[..., None] / diag.clamp(min=1e-300))[..., 0] * w
+
+
+def _ard_start(fits, short, w, k):
+    """Start (index into LENGTHSCALES + ARD_SHORT (B,), ratio index (B,)) of the ARD
+    member's ascent, from the isotropic RBF fits of the members and of ARD_SHORT."""
+    cands = fits + short
+    loglik = torch.stack([f[4] for f in cands], 1)                      # (B, C, R)
+    best_ll, best_r = loglik.max(-1)                                   # (B, C)
+    b = torch.arange(len(k), device=k.device)
+    members = best_ll[:, :len(fits)].argmax(-1)
+    shorter = len(fits) + best_ll[:, len(fits):].argmax(-1)
+    sse = [(_loo_residuals(cands[int(c)], w, best_r[:, c]) ** 2).sum(1) for c in range(len(cands))]
+    sse = torch.stack(sse, 1)
+    take = (best_ll[b, shorter] > best_ll[b, members]) & (sse[b, shorter] < sse[b, members])
+    start = torch.where(take, shorter, members)
+    return start, best_r[b, start]
+
+
 def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     """The heteroscedastic variant of the ARD member (see HETERO): its fit tuple, penalized
     log likelihood and the log-variance model (centre xm (B, F), slope c (B, F))."""
-    U, inv, _, _, loglik = ard_fit
-    B = yc.shape[0]
-    best = loglik.argmax(-1)                                           # (B,)
-    inv_b = inv[torch.arange(B, device=yc.device), best]               # (B, kc)
-    Ainv = (U * inv_b[:, None]) @ U.transpose(1, 2)
-    diag = Ainv.diagonal(dim1=1, dim2=2)
-    loo = (Ainv @ yc[..., None])[..., 0] / diag.clamp(min=1e-300) * w
+    loo = _loo_residuals(ard_fit, w, ard_fit[4].argmax(-1))
     kk = k[:, None].clamp(min=1)
     tiny = 1e-6 * (loo**2 * w).sum(1, keepdim=True) / kk
     ell = torch.log(loo**2 + tiny + 1e-300) * w
@@ -228,7 +259,7 @@ def fit_gp(x, y, is_context, ard=False):
     x (B, N, F) standardized (zero-padded columns), y (B, N), is_context (B, N). Only
     the first ``max(k)`` tokens are read when the context comes first (as in training
     and prediction); any context layout is correct. ``ard``: add the ARD member, its
-    lengthscales from :func:`fit_lengthscales` started at the best isotropic RBF, its
+    lengthscales from :func:`fit_lengthscales` started at an isotropic RBF (ARD_SHORT), its
     log likelihood penalized by ARD_PENALTY (d - 1) log k for the extra lengthscales."""
     w = is_context.to(x.dtype)
     last = int(is_context.nonzero()[:, 1].max()) + 1 if is_context.any() else 0
@@ -241,11 +272,10 @@ def fit_gp(x, y, is_context, ard=False):
     fits = [_fit_kernel(K * mask - pad, yc, k, r) for K in _kernel_matrices(xc, xc, d)]
     ls = None
     if ard:
-        n_rbf = len(LENGTHSCALES)
-        best = torch.stack([f[4] for f in fits[:n_rbf]], 1).flatten(1).argmax(-1)
-        theta0 = torch.log(torch.tensor(LENGTHSCALES, dtype=x.dtype, device=x.device))
-        ls = fit_lengthscales(xc, yc, w, d, theta0[best // len(RATIOS)][:, None],
-                              torch.log(r)[best % len(RATIOS)][:, None])
+        short = [_fit_kernel(K * mask - pad, yc, k, r) for K in _rbf_matrices(xc, xc, d, ARD_SHORT)]
+        start, ratio = _ard_start(fits[:len(LENGTHSCALES)], short, w, k)
+        theta0 = torch.log(torch.tensor(LENGTHSCALES + ARD_SHORT, dtype=x.dtype, device=x.device))
+        ls = fit_lengthscales(xc, yc, w, d, theta0[start][:, None], torch.log(r)[ratio][:, None])
         K_ard = _ard_kernel(xc, xc, ls) * mask - pad
         U, inv, z, s2, loglik = _fit_kernel(K_ard, yc, k, r)
         penalty = ARD_PENALTY * (d[:, 0] - 1) * torch.log(k.clamp(min=1))[:, None]

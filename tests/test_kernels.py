@@ -468,3 +468,73 @@ def test_analytic_variance_samples_an_untrained_models_baseline_exactly(tmp_path
                                        rtol=0)
             close = ((part.std(-1) / sd - 1).abs() < 5 / (2 * n) ** 0.5).all()
             assert bool(close) == ok
+
+
+def test_loo_residuals_are_those_of_refitting_without_each_point():
+    """(A^-1 y)_i / (A^-1)_ii from the eigenbasis is y_i minus the GP mean at x_i fitted
+    to the other points (exactly, by refitting), and zero at masked tokens."""
+    xc, yc, _ = _task(k=20, seed=3)
+    r = torch.tensor(kernels.RATIOS, dtype=torch.float64)
+    w = torch.ones((1, 23), dtype=torch.float64)
+    w[0, 20:] = 0
+    x, y = _t(np.r_[xc, np.ones((3, 3))]), _t(np.r_[yc, np.ones(3)]) * w
+    pad = torch.diag_embed(1 - w)
+    K = kernels._kernel_matrices(x, x, torch.full((1, 1, 1), 3.0))[0] * (w[:, :, None] * w[:, None]) - pad
+    fit = kernels._fit_kernel(K, y, w.sum(1), r)
+    j = 5
+    got = kernels._loo_residuals(fit, w, torch.tensor([j]))[0].numpy()
+    A = K[0, :20, :20].numpy() + kernels.RATIOS[j] * np.eye(20)
+    for i in range(20):
+        o = np.arange(20) != i
+        np.testing.assert_allclose(got[i], yc[i] - A[i, o] @ np.linalg.solve(A[o][:, o], yc[o]),
+                                   rtol=1e-6, atol=1e-9)
+    assert (got[20:] == 0).all()
+
+
+def _curve(n=200, seed=0):
+    """A wiggly curve in one feature: y = sin(40 x) + noise, x uniform on [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.uniform(-1, 1, n))
+    y = np.sin(40 * x) + 0.2 * rng.standard_normal(n)
+    return (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
+
+
+def test_ard_member_starts_short_on_a_wiggly_curve(monkeypatch):
+    """sin(40 x) (lengthscale about 0.04 of x's range): from the members' shortest start the
+    ascent stays at a smooth fit that reads the curve as noise; from ARD_SHORT the member
+    finds the curve and takes nearly all the weight, predicting held-out points far better."""
+    x, y = _curve()
+    is_ctx = torch.as_tensor(np.arange(200) % 5 != 0)[None]
+    args = torch.as_tensor(x)[None, :, None], torch.as_tensor(y * is_ctx[0].numpy())[None]
+
+    def held_out_mse():
+        fit = fit_gp(*args, is_ctx, ard=True)
+        mean = gp_features_at(fit, args[0])[0, :, -2].numpy()
+        return float(fit["ls"][0, 0]), np.mean((mean - y)[~is_ctx[0].numpy()] ** 2), fit
+
+    ls, mse, fit = held_out_mse()
+    assert ls < 0.15 and mse < 0.15 and fit["post"][0, -2:].sum() > 0.99
+    monkeypatch.setattr(kernels, "ARD_SHORT", (kernels.LENGTHSCALES[0],))  # no shorter start
+    ls_long, mse_long, _ = held_out_mse()
+    assert ls_long > 0.2 and mse_long > 0.8
+
+
+def test_ard_member_keeps_a_member_start_where_a_short_one_wins_only_the_evidence():
+    """statsmodels' cancer counts against population (skewed: a few far larger counties):
+    an isotropic RBF at sqrt(d) / 8 has the higher evidence (it fits the far points
+    exactly) but the larger leave-one-out error, so the ascent starts at a member's
+    lengthscale."""
+    import statsmodels.datasets
+
+    df = statsmodels.datasets.cancer.load_pandas().data
+    x, y = df["population"].to_numpy(float), df["cancer"].to_numpy(float)
+    x, y = _t(((x - x.mean()) / x.std())[:, None]), _t((y - y.mean()) / y.std())
+    w = torch.ones(y.shape, dtype=torch.float64)
+    r, k, pad = torch.tensor(kernels.RATIOS, dtype=torch.float64), w.sum(1), torch.zeros(1, 1, 1)
+    d = torch.ones((1, 1, 1), dtype=torch.float64)
+    members = [kernels._fit_kernel(K, y, k, r) for K in kernels._kernel_matrices(x, x, d)[:4]]
+    short = [kernels._fit_kernel(K, y, k, r) for K in kernels._rbf_matrices(x, x, d, kernels.ARD_SHORT)]
+    best = lambda fits: max(float(f[4].max()) for f in fits)  # noqa: E731
+    assert best(short) > best(members) + 3
+    start, _ = kernels._ard_start(members, short, w, k)
+    assert int(start) < len(kernels.LENGTHSCALES)
