@@ -90,7 +90,7 @@ def _ngboost(X, y, Xt):
 
 def methods(params):
     return {"skdiffusion": _skdiffusion(params),
-            "BayesianRidge": _with_std(lambda d: BayesianRidge()),
+            "BayesianRidge": _with_std(lambda d: make_pipeline(StandardScaler(), BayesianRidge())),
             GP: _with_std(_gp),
             "random forest": _forest,
             "NGBoost": _ngboost,
