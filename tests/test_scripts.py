@@ -83,3 +83,20 @@ def test_beyond_training(micro_model, tmp_path):
     assert "| Friedman 1, d = 12 | skdiffusion behind PCA(10) |" in text
     assert "| diabetes + 45 products (d = 55) | skdiffusion |" in text
     assert "## More than 1,024 rows" in text and "| Friedman 3, n = 60 | skdiffusion |" in text
+
+
+def test_small_real(tmp_path):
+    out = tmp_path / "small.md"
+    run(ROOT / "benchmarks" / "small_real.py", "--only", "longley,stackloss", "--methods",
+        "skdiffusion,BayesianRidge,GP (ARD)", "--threads", 1, "--out", out)
+    text = out.read_text()
+    assert "| longley | 16 | 6 |" in text and "| stackloss | 21 | 3 |" in text
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert len(rows) == 6 and all(-1 < r["r2"] <= 1 and r["crps"] > 0 for r in rows)
+    gp = [r for r in rows if r["method"] == "GP (ARD)"]
+    again = tmp_path / "again.md"  # reused peers are taken over, skdiffusion is refitted
+    run(ROOT / "benchmarks" / "small_real.py", "--only", "longley,stackloss", "--methods",
+        "skdiffusion,GP (ARD)", "--reuse", out.with_suffix(".json"), "--out", again)
+    rows2 = json.loads(again.with_suffix(".json").read_text())
+    assert [r for r in rows2 if r["method"] == "GP (ARD)"] == gp
+    assert "| mean R^2 |" in again.read_text()
