@@ -159,19 +159,23 @@ def ddpm_sample(denoise, schedule, noise, prediction_type="v", variance="beta_ti
                 progress=False, n_steps=None, y0_var=None):
     """Ancestral DDPM over all T steps, or over the ``n_steps`` of :func:`ddpm_timesteps`
     (each step samples the reverse step of its stride, :meth:`NoiseSchedule.posterior`,
-    at y0_hat; ``y0_var`` is for ``variance="analytic"``).
+    at y0_hat; ``y0_var``: the data variance, for ``variance="analytic"`` and the last step).
 
     ``noise`` has shape (S + 1, *shape): ``noise[0]`` is y_T, ``noise[i]`` the step noise.
-    No noise is added at the last step (q's variance is 0 there), except with
-    ``variance="analytic"``, whose last step adds Var(y_0 | y_t).
+    No noise is added at the last step (q's variance is 0 there) unless ``y0_var`` is
+    given: then the last step adds Var(y_0 | y_t) of a Gaussian y_0 of that variance
+    (the "analytic" variance at s = 0), whatever ``variance``. Without it a predictive
+    narrower than the last step's noise level sqrt(1 - abar_t) collapses towards
+    E[y_0 | y_t] (T = 50, cosine: below 0.04 standardized units; docs/sampling.md).
     """
     steps = ddpm_timesteps(schedule.timesteps, n_steps or schedule.timesteps)
     y = noise[0]
     for i, t in enumerate(tqdm(steps, desc="DDPM", disable=not progress), start=1):
         s = steps[i] if i < len(steps) else 0
         y0, _ = schedule.to_y0_eps(denoise(y, t), y, t, prediction_type)
-        mean, var = schedule.posterior(y0, y, t, variance, s, y0_var)
-        y = mean + var**0.5 * noise[i] if s > 0 or variance == "analytic" else mean
+        step = "analytic" if s == 0 and y0_var is not None else variance
+        mean, var = schedule.posterior(y0, y, t, step, s, y0_var)
+        y = mean + var**0.5 * noise[i] if s > 0 or step == "analytic" else mean
     return y
 
 

@@ -37,9 +37,10 @@ def _oracle_affine(schedule, t, mu, s):
 
 
 def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_tilde",
-              start=(0.0, 1.0)):
+              start=(0.0, 1.0), data_var=False):
     """Exact (mean, std) of a sampler's output with the oracle denoiser, y_T ~ N(start)
-    (the sampler's N(0, 1) by default)."""
+    (the sampler's N(0, 1) by default); ``data_var``: the DDPM sampler is given the data
+    variance s^2, so its last step adds Var(y0 | y_t)."""
     m, v = start
     if sampler == "ddpm":
         steps = ddpm_timesteps(schedule.timesteps, n_steps or schedule.timesteps)
@@ -50,7 +51,7 @@ def chain_law(schedule, mu, s, sampler, n_steps=None, eta=0.0, variance="beta_ti
             c1 = beta * math.sqrt(abp) / (1 - ab)
             c2 = (1 - abp) * math.sqrt(1 - beta) / (1 - ab)
             m, v = c1 * m0 + (c1 * g + c2) * m, (c1 * g + c2) ** 2 * v
-            if variance == "analytic":  # beta_tilde + c1^2 Var(y0 | y_t), last step too
+            if variance == "analytic" or (tp == 0 and data_var):  # beta_tilde + c1^2 Var(y0 | y_t)
                 v += beta * (1 - abp) / (1 - ab) + c1**2 * s * s * (1 - ab) / (ab * s * s + 1 - ab)
             elif tp > 0:
                 v += beta * (1 - abp) / (1 - ab) if variance == "beta_tilde" else beta
@@ -221,6 +222,22 @@ def test_analytic_variance_needs_the_data_variance():
         sch.posterior(torch.zeros(3), torch.zeros(3), 10, "analytic", 5)
     with pytest.raises(ValueError, match="variance must be one of"):
         sch.posterior(torch.zeros(3), torch.zeros(3), 10, "optimal", 5)
+
+
+@pytest.mark.parametrize("s", [0.003, 0.01])
+def test_last_step_with_the_data_variance_keeps_narrow_predictives(s):
+    """Below the last step's noise level (sqrt(1 - abar_1) = 0.042 at T = 50) a chain that
+    adds no noise at its last step collapses towards E[y0 | y_1]: std 0.12 s (s = 0.003)
+    and 0.38 s (0.01) at 20 "beta" steps. Given the data variance, its last step adds
+    Var(y0 | y_1) and the std is that of the target within 5 %; sampled moments agree."""
+    sch = NoiseSchedule(50)
+    assert chain_law(sch, 0.5, s, "ddpm", 20, variance="beta")[1] < 0.4 * s
+    mean, std = chain_law(sch, 0.5, s, "ddpm", 20, variance="beta", data_var=True)
+    assert abs(mean - 0.5) < 1e-3 and abs(std / s - 1) < 0.05
+    noise = draw_noise(n_noise_draws(sch, 20), (N,), torch.Generator().manual_seed(2), torch.float64)
+    y = sample(oracle(sch, 0.5, s, "v"), sch, noise, "ddpm", 20, 0.0, "v", "beta",
+               y0_var=torch.tensor(s * s, dtype=torch.float64))
+    assert_moments(y, mean, std)
 
 
 @pytest.mark.parametrize("S,eta,min_ratio", [(50, 0.0, 0.95), (50, 1.0, 0.94), (10, 0.0, 0.80), (10, 1.0, 0.78)])
