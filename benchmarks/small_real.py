@@ -7,7 +7,7 @@ the mean R^2 and the geometric mean of CRPS over the ARD GP's.
 
     python benchmarks/small_real.py --out benchmarks/results/small_real.md
     python benchmarks/small_real.py --only sunspots,cancer --methods skdiffusion,"GP (ARD)"
-    python benchmarks/small_real.py --reuse benchmarks/results/small_real.json  # refit skdiffusion only
+    python benchmarks/small_real.py --reuse benchmarks/results/small_real.json  # skdiffusion only
 """
 
 import argparse
@@ -70,7 +70,8 @@ DATASETS = {
     "cpunish": lambda: _columns("cpunish", "EXECUTIONS"),
     "scotland": lambda: _columns("scotland", "YES"),
     "spector": lambda: _columns("spector", "GPA"),
-    "statecrime": lambda: _columns("statecrime", "murder", ["hs_grad", "poverty", "single", "white", "urban"]),
+    "statecrime": lambda: _columns("statecrime", "murder",
+                                   ["hs_grad", "poverty", "single", "white", "urban"]),
     "danish": lambda: _columns("danish_data", "lrm", ["lry", "lpy", "ibo", "ide"]),
     "elnino": lambda: _columns("elnino", "DEC", MONTHS),
     "grunfeld": lambda: _columns("grunfeld", "invest", ["value", "capital"]),
@@ -108,7 +109,8 @@ def summary(rows):
     """{method: (mean R^2, geometric-mean CRPS / GP's)} over the data sets every method has."""
     by = {(r["dataset"], r["method"]): r for r in rows}
     names = list(dict.fromkeys(r["method"] for r in rows))
-    sets = [s for s in dict.fromkeys(r["dataset"] for r in rows) if all((s, m) in by for m in names)]
+    sets = [s for s in dict.fromkeys(r["dataset"] for r in rows)
+            if all((s, m) in by for m in names)]
     out = {}
     for m in names:
         r2 = np.mean([by[s, m]["r2"] for s in sets])
@@ -130,7 +132,8 @@ def markdown(rows, command):
         cells = [f"{by[s, m]['r2']:.3f}" if (s, m) in by else "" for m in names]
         lines.append(f"| {s} | {r0['n']} | {r0['d']} | " + " | ".join(cells) + " |")
     if GP in names:
-        lines += ["", "CRPS / the ARD GP's (90 % coverage):", "", head, "|" + "---|" * (3 + len(names))]
+        lines += ["", "CRPS / the ARD GP's (90 % coverage):", "", head,
+                  "|" + "---|" * (3 + len(names))]
         for s in sets:
             r0 = by[s, GP]
             cells = [f"{by[s, m]['crps'] / r0['crps']:.3f} ({by[s, m]['cov90']:.2f})"
@@ -139,9 +142,11 @@ def markdown(rows, command):
     lines += ["", "| summary | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     summ = summary(rows)
     lines.append("| mean R^2 | " + " | ".join(f"{summ[m][0]:.3f}" for m in names) + " |")
-    lines.append("| CRPS / GP (geometric mean) | " + " | ".join(f"{summ[m][1]:.3f}" for m in names) + " |")
+    lines.append("| CRPS / GP (geometric mean) | "
+                 + " | ".join(f"{summ[m][1]:.3f}" for m in names) + " |")
+    seconds = [sum(r["seconds"] for r in rows if r["method"] == m) for m in names]
     lines.append("| seconds (all folds, all data) | "
-                 + " | ".join(f"{sum(r['seconds'] for r in rows if r['method'] == m):.0f}" for m in names) + " |")
+                 + " | ".join(f"{t:.0f}" for t in seconds) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +155,7 @@ def main(argv=None):
     p.add_argument("--only", help="comma-separated data sets (default: all)")
     p.add_argument("--methods", help="comma-separated methods (default: all but 5-NN)")
     p.add_argument("--params", default="{}", help="JSON keyword arguments of DiffusionICLRegressor")
-    p.add_argument("--reuse", help="a JSON of an earlier run: its rows of methods other than skdiffusion are kept")
+    p.add_argument("--reuse", help="JSON of an earlier run: its rows of the other methods are kept")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--out", help="write the tables here (Markdown) and the rows beside it (.json)")
     args = p.parse_args(argv)
@@ -164,19 +169,23 @@ def main(argv=None):
     available = methods(json.loads(args.params))
     names = args.methods.split(",") if args.methods else [m for m in available if m != "5-NN"]
     if set(names) - set(available):
-        p.error(f"unknown methods {sorted(set(names) - set(available))}; choose from {list(available)}")
+        p.error(f"unknown methods {sorted(set(names) - set(available))}; "
+                f"choose from {list(available)}")
     old = {}
     if args.reuse:
         with open(args.reuse) as f:
-            old = {(r["dataset"], r["method"]): r for r in json.load(f) if r["method"] != "skdiffusion"}
+            old = {(r["dataset"], r["method"]): r for r in json.load(f)
+                   if r["method"] != "skdiffusion"}
     rows = []
     for s in sets:
         for m in names:
             row = old.get((s, m)) or cross_validate(s, m, available[m])
             rows.append(row)
             print(f"{s:11s} n={row['n']:4d} d={row['d']:2d} {m:14s} R^2 {row['r2']:7.3f} "
-                  f"CRPS {row['crps']:.4g} cov {row['cov90']:.2f} ({row['seconds']:.1f} s)", flush=True)
-    text = markdown(rows, "python benchmarks/small_real.py " + " ".join(sys.argv[1:] if argv is None else argv))
+                  f"CRPS {row['crps']:.4g} cov {row['cov90']:.2f} ({row['seconds']:.1f} s)",
+                  flush=True)
+    command = " ".join(["python benchmarks/small_real.py", *(sys.argv[1:] if argv is None else argv)])
+    text = markdown(rows, command)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -15,15 +15,15 @@ variances and posterior weights are features for the network.
 
 ``baseline="ard"`` adds one member: an RBF with a lengthscale per feature, set to each
 context's type-II MAP (a log-normal prior per lengthscale, a few Adam steps started at the
-best isotropic RBF, see ARD_SHORT; :func:`fit_lengthscales`), its evidence penalized for the d - 1 extra
-hyperparameters (BIC's 1/2 log k each), its prior weight that of one more RBF. It lets the
-average drop irrelevant features and stretch smooth ones (Friedman 1: R^2 0.82 -> 0.95
-with the features alone, docs/functions.md). The ARD member has a heteroscedastic variant
-in the same feature slot (``HETERO``): its noise variance is s^2 r exp(h(x)) with h linear
-in x, fitted to the log squared leave-one-out residuals of the ARD member; in the
-eigenbasis of D^-1 K D^-1 (D = diag exp(h / 2)) it is the same ratio-grid fit, with
-log |D| taken from its log likelihood (heteroscedastic GP draws: CRPS / ARD GP 0.962 ->
-0.928 with the features alone, docs/functions.md).
+best isotropic RBF, see ARD_SHORT; :func:`fit_lengthscales`), its evidence penalized for
+the d - 1 extra hyperparameters (BIC's 1/2 log k each), its prior weight that of one more
+RBF. It lets the average drop irrelevant features and stretch smooth ones (Friedman 1:
+R^2 0.82 -> 0.95 with the features alone, docs/functions.md). The ARD member has a
+heteroscedastic variant in the same feature slot (``HETERO``): its noise variance is
+s^2 r exp(h(x)) with h linear in x, fitted to the log squared leave-one-out residuals of
+the ARD member; in the eigenbasis of D^-1 K D^-1 (D = diag exp(h / 2)) it is the same
+ratio-grid fit, with log |D| taken from its log likelihood (heteroscedastic GP draws:
+CRPS / ARD GP 0.962 -> 0.928 with the features alone, docs/functions.md).
 
 Everything is computed in each kernel matrix's eigenbasis (one ``eigh`` per task and
 kernel), so the whole ratio grid costs elementwise work only. Non-context tokens are
