@@ -215,17 +215,17 @@ def _loo_residuals(fit, w, j):
     return (U @ (inv_j * z)[..., None] / diag.clamp(min=1e-300))[..., 0] * w
 
 
-def _ard_start(fits, short, w, k):
+def _ard_start(fits, short, w):
     """Start (index into LENGTHSCALES + ARD_SHORT (B,), ratio index (B,)) of the ARD
     member's ascent, from the isotropic RBF fits of the members and of ARD_SHORT."""
     cands = fits + short
     loglik = torch.stack([f[4] for f in cands], 1)                      # (B, C, R)
     best_ll, best_r = loglik.max(-1)                                   # (B, C)
-    b = torch.arange(len(k), device=k.device)
+    b = torch.arange(len(w), device=w.device)
     members = best_ll[:, :len(fits)].argmax(-1)
     shorter = len(fits) + best_ll[:, len(fits):].argmax(-1)
-    sse = [(_loo_residuals(cands[int(c)], w, best_r[:, c]) ** 2).sum(1) for c in range(len(cands))]
-    sse = torch.stack(sse, 1)
+    sse = torch.stack([(_loo_residuals(f, w, best_r[:, c]) ** 2).sum(1)
+                       for c, f in enumerate(cands)], 1)                # (B, C)
     take = (best_ll[b, shorter] > best_ll[b, members]) & (sse[b, shorter] < sse[b, members])
     start = torch.where(take, shorter, members)
     return start, best_r[b, start]
@@ -272,8 +272,9 @@ def fit_gp(x, y, is_context, ard=False):
     fits = [_fit_kernel(K * mask - pad, yc, k, r) for K in _kernel_matrices(xc, xc, d)]
     ls = None
     if ard:
-        short = [_fit_kernel(K * mask - pad, yc, k, r) for K in _rbf_matrices(xc, xc, d, ARD_SHORT)]
-        start, ratio = _ard_start(fits[:len(LENGTHSCALES)], short, w, k)
+        short = [_fit_kernel(K * mask - pad, yc, k, r)
+                 for K in _rbf_matrices(xc, xc, d, ARD_SHORT)]
+        start, ratio = _ard_start(fits[:len(LENGTHSCALES)], short, w)
         theta0 = torch.log(torch.tensor(LENGTHSCALES + ARD_SHORT, dtype=x.dtype, device=x.device))
         ls = fit_lengthscales(xc, yc, w, d, theta0[start][:, None], torch.log(r)[ratio][:, None])
         K_ard = _ard_kernel(xc, xc, ls) * mask - pad

@@ -159,6 +159,7 @@ def test_features_alone_is_the_model_with_its_network_silenced():
     np.testing.assert_allclose(samples.mean(1), m, atol=0.05 * s.max())
     scale = y[:30].std()
     schedule = NoiseSchedule(reg.model_spec_["timesteps"], reg.model_spec_["schedule"])
-    law = [chain_law(schedule, 0.0, si / scale, "ddpm", reg.n_sampling_steps, variance="beta",
+    n_steps = reg.sampler_settings(schedule.timesteps)["n_steps"]
+    law = [chain_law(schedule, 0.0, si / scale, "ddpm", n_steps, variance="beta",
                      data_var=True)[1] * scale for si in s]
     np.testing.assert_allclose(samples.std(1), law, rtol=0.05)

@@ -543,5 +543,5 @@ def test_ard_member_keeps_a_member_start_where_a_short_one_wins_only_the_evidenc
     short = [kernels._fit_kernel(K, y, k, r) for K in kernels._rbf_matrices(x, x, d, kernels.ARD_SHORT)]
     best = lambda fits: max(float(f[4].max()) for f in fits)  # noqa: E731
     assert best(short) > best(members) + 3
-    start, _ = kernels._ard_start(members, short, w, k)
+    start, _ = kernels._ard_start(members, short, w)
     assert int(start) < len(kernels.LENGTHSCALES)
