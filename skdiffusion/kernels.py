@@ -18,7 +18,10 @@ context's type-II MAP (a log-normal prior per lengthscale, a few Adam steps star
 best isotropic RBF, see ARD_SHORT; :func:`fit_lengthscales`), its evidence penalized for
 the d - 1 extra hyperparameters (BIC's 1/2 log k each), its prior weight that of one more
 RBF. It lets the average drop irrelevant features and stretch smooth ones (Friedman 1:
-R^2 0.82 -> 0.95 with the features alone, docs/functions.md). The ARD member has a
+R^2 0.82 -> 0.95 with the features alone, docs/functions.md). A second form of it, the
+same RBF plus a linear part (ARD_LINEAR), is fitted beside it and kept where its
+penalized evidence is higher: a trend that goes on beyond the bulk of the data (skewed
+columns) is then extrapolated rather than bent back to the mean. The ARD member has a
 heteroscedastic variant in the same feature slot (``HETERO``): its noise variance is
 s^2 r exp(h(x)) with h linear in x, fitted to the log squared leave-one-out residuals of
 the ARD member; in the eigenbasis of D^-1 K D^-1 (D = diag exp(h / 2)) it is the same
@@ -58,6 +61,14 @@ ARD_PENALTY = 0.5  # nats per extra lengthscale and log(k) in its weight (BIC-li
 # on skewed inputs a short lengthscale can win the evidence alone by fitting isolated
 # points exactly, and then predicts them worse (docs/functions.md).
 ARD_SHORT = (1 / 32, 1 / 16, 1 / 8)
+# The ARD member has a second form, fitted beside it: its RBF plus g times the linear
+# kernel, g (the linear part's variance over the RBF's) at the type-II MAP with the
+# lengthscales under log g ~ N(log ARD_LINEAR, ARD_PRIOR_SD^2), started at ARD_LINEAR.
+# Each task keeps the form of higher evidence, the sum penalized ARD_PENALTY log k for g.
+# A trend plus a bend is common in real data and an RBF alone extrapolates it back to
+# the mean (docs/functions.md); fitted as a second candidate rather than always, the
+# extra hyperparameter cannot divert the lengthscales' ascent to a worse optimum.
+ARD_LINEAR = 0.1
 # The heteroscedastic variant of the ARD member (``ard=True``): the same kernel with noise
 # variance s^2 r exp(h(x)), h linear in x, fitted by ridge (prior slope variance
 # HET_PRIOR_VAR per feature) to the log squared leave-one-out residuals of the ARD member
@@ -88,9 +99,11 @@ def _sq_dist(xa, xb):
     return sq.clamp(min=0)
 
 
-def _ard_kernel(xa, xb, ls):
-    """RBF with per-task, per-feature lengthscales ls (B, F), plus the intercept."""
-    return torch.exp(-0.5 * _sq_dist(xa / ls[:, None], xb / ls[:, None])) + INTERCEPT
+def _ard_kernel(xa, xb, ls, g, d):
+    """RBF with per-task, per-feature lengthscales ls (B, F), plus g (B, 1) times the
+    linear kernel, plus the intercept."""
+    rbf = torch.exp(-0.5 * _sq_dist(xa / ls[:, None], xb / ls[:, None]))
+    return rbf + g[:, :, None] * (xa @ xb.transpose(1, 2)) / d + INTERCEPT
 
 
 def _rbf_matrices(xa, xb, d, lengthscales):
@@ -99,17 +112,19 @@ def _rbf_matrices(xa, xb, d, lengthscales):
     return [torch.exp(-0.5 * sq / c**2) + INTERCEPT for c in lengthscales]
 
 
-def _kernel_matrices(xa, xb, d, ls=None):
+def _kernel_matrices(xa, xb, d, ls=None, g=None):
     """Unit-variance kernels between xa (B, Na, F) and xb (B, Nb, F): a list of (B, Na, Nb),
-    the ARD member last when its lengthscales ``ls`` (B, F) are given."""
+    the ARD member last when its lengthscales ``ls`` (B, F) and linear part g are given."""
     out = _rbf_matrices(xa, xb, d, LENGTHSCALES) + [xa @ xb.transpose(1, 2) / d + INTERCEPT]
-    return out if ls is None else out + [_ard_kernel(xa, xb, ls)]
+    return out if ls is None else out + [_ard_kernel(xa, xb, ls, g, d)]
 
 
-def _diag(x, d, ard=False):
-    """Prior variances k(x, x) of each kernel at x (B, N, F): a list of (B, N)."""
+def _diag(x, d, g=None):
+    """Prior variances k(x, x) of each kernel at x (B, N, F): a list of (B, N), the ARD
+    member's last when its linear part g (B, 1) is given."""
     ones = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
-    out = [ones] * len(LENGTHSCALES) + [(x * x).sum(-1) / d[..., 0]] + [ones] * int(ard)
+    lin = (x * x).sum(-1) / d[..., 0]
+    out = [ones] * len(LENGTHSCALES) + [lin] + ([] if g is None else [ones + g * lin])
     return [v + INTERCEPT for v in out]
 
 
@@ -125,28 +140,35 @@ def _log_prior(n_kernels, dtype, device, het=False):
     return torch.log(torch.tensor(p, dtype=dtype, device=device))[None, :, None]
 
 
-def _ard_objective(x, y, w, sqrt_d, used, theta, log_r):
-    """Each task's negative log posterior of (theta, log r) under the ARD member (profile
-    marginal likelihood of :func:`fit_gp` plus theta's N(0, ARD_PRIOR_SD^2) prior on
-    used features) and its gradient, in closed form: with A the regularized kernel
-    matrix, alpha = A^-1 y and W = (A^-1 - k alpha alpha^T / (y.alpha + PSEUDO)) / 2,
-    d nll / dA = W, so d nll / d theta_f = sum_ij W_ij E_ij (x_if - x_jf)^2 / ls_f^2 (E
-    the RBF part of A) and d nll / d log r = r tr(W) over context tokens. 2.5x faster than
-    autograd through the Cholesky, and equal to it (tested). Masked tokens get a unit
-    diagonal and nothing else, which changes neither the quadratic form nor the log
-    determinant. Returns (nll (B,), d theta (B, F), d log r (B, 1))."""
+def _ard_objective(x, y, w, sqrt_d, used, theta, log_r, log_g, linear):
+    """Each task's negative log posterior of (theta, log r, log g) under the ARD member
+    (profile marginal likelihood of :func:`fit_gp` plus theta's N(0, ARD_PRIOR_SD^2) prior
+    on used features and, where ``linear`` (B, 1) is 1, the linear part g with log g's
+    N(log ARD_LINEAR, ARD_PRIOR_SD^2) prior; where it is 0 the member has no linear part)
+    and its gradient, in closed form: with A the regularized kernel matrix, alpha = A^-1 y
+    and W = (A^-1 - k alpha alpha^T / (y.alpha + PSEUDO)) / 2, d nll / dA = W, so
+    d nll / d theta_f = sum_ij W_ij E_ij (x_if - x_jf)^2 / ls_f^2 (E the RBF part of A),
+    d nll / d log g = g sum_ij W_ij x_i.x_j / d and d nll / d log r = r tr(W) over context
+    tokens. 2.5x faster than autograd through the Cholesky, and equal to it (tested).
+    Masked tokens get a unit diagonal and nothing else, which changes neither the
+    quadratic form nor the log determinant. Returns (nll (B,), d theta (B, F), d log r
+    (B, 1), d log g (B, 1))."""
     k = w.sum(1)
     mask = w[:, :, None] * w[:, None, :]
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     ls = sqrt_d * theta.exp()
     xs = x / ls[:, None]
-    E = (_ard_kernel(x, x, ls) - INTERCEPT) * mask                      # the RBF part
+    E = torch.exp(-0.5 * _sq_dist(xs, xs)) * mask                       # the RBF part
+    lin = (x @ x.transpose(1, 2)) / sqrt_d[..., None] ** 2 * mask       # the linear part
+    g = log_g.exp() * linear
     r = log_r.exp()
-    L, _ = torch.linalg.cholesky_ex(E + INTERCEPT * mask + eye * (w * r + 1 - w)[:, None])
+    A = E + g[:, :, None] * lin + INTERCEPT * mask + eye * (w * r + 1 - w)[:, None]
+    L, _ = torch.linalg.cholesky_ex(A)
     alpha = torch.cholesky_solve(y[..., None], L)[..., 0]
     quad = (y * alpha).sum(-1)
     logdet = 2 * torch.log(L.diagonal(dim1=1, dim2=2)).sum(-1)
-    prior = 0.5 * ((theta / ARD_PRIOR_SD) ** 2 * used).sum(-1)
+    dev_g = (log_g - math.log(ARD_LINEAR)) * linear
+    prior = 0.5 * (((theta / ARD_PRIOR_SD) ** 2 * used).sum(-1) + (dev_g[:, 0] / ARD_PRIOR_SD) ** 2)
     nll = 0.5 * (k * torch.log((quad + PSEUDO) / (k + PSEUDO)) + logdet) + prior
     c = k / (quad + PSEUDO)
     W = 0.5 * (torch.cholesky_inverse(L) - c[:, None, None] * alpha[:, :, None] * alpha[:, None, :])
@@ -154,15 +176,17 @@ def _ard_objective(x, y, w, sqrt_d, used, theta, log_r):
     grad = 2 * ((M.sum(-1)[..., None] * xs * xs).sum(1) - (xs * (M @ xs)).sum(1))
     d_theta = (grad + theta / ARD_PRIOR_SD**2) * used
     d_log_r = r * (W.diagonal(dim1=1, dim2=2) * w).sum(-1, keepdim=True)
-    return nll, d_theta, d_log_r
+    d_log_g = g * (W * lin).sum((1, 2))[:, None] + dev_g / ARD_PRIOR_SD**2
+    return nll, d_theta, d_log_r, d_log_g
 
 
-def fit_lengthscales(x, y, w, d, theta0, log_r0):
-    """Per-feature RBF lengthscales (B, F) at each task's type-II MAP of
-    :func:`_ard_objective` (noise ratio free), theta = log(lengthscale / sqrt(d)):
-    ARD_STEPS Adam steps from theta0 (B, 1) and log ratio log_r0 (B, 1), on at most
-    ARD_POINTS tokens evenly spaced over the sequence (so that sorted data give a spread
-    subset). Tasks are independent (Adam is elementwise)."""
+def fit_lengthscales(x, y, w, d, theta0, log_r0, linear=None):
+    """Per-feature RBF lengthscales (B, F) and linear part g (B, 1) at each task's type-II
+    MAP of :func:`_ard_objective` (noise ratio free), theta = log(lengthscale / sqrt(d)):
+    ARD_STEPS Adam steps from theta0 (B, 1), log ratio log_r0 (B, 1) and g = ARD_LINEAR,
+    on at most ARD_POINTS tokens evenly spaced over the sequence (so that sorted data give
+    a spread subset). ``linear`` (B, 1): 1 where the member has a linear part, 0 (or None
+    for all) where g is 0. Tasks are independent (Adam is elementwise)."""
     if x.shape[1] > ARD_POINTS:
         idx = torch.linspace(0, x.shape[1] - 1, ARD_POINTS, device=x.device).round().long()
         x, y, w = x[:, idx], y[:, idx], w[:, idx]
@@ -170,13 +194,17 @@ def fit_lengthscales(x, y, w, d, theta0, log_r0):
     sqrt_d = d[:, 0].sqrt()                                            # (B, 1)
     theta = (theta0.expand_as(used) * used).clone()
     log_r = log_r0.clone()
-    opt = torch.optim.Adam([theta, log_r], lr=ARD_LR)
+    linear = torch.zeros_like(log_r) if linear is None else linear
+    log_g = torch.full_like(log_r, math.log(ARD_LINEAR))
+    opt = torch.optim.Adam([theta, log_r, log_g], lr=ARD_LR)
     for _ in range(ARD_STEPS):
-        _, theta.grad, log_r.grad = _ard_objective(x, y, w, sqrt_d, used, theta, log_r)
+        _, theta.grad, log_r.grad, log_g.grad = _ard_objective(x, y, w, sqrt_d, used, theta,
+                                                               log_r, log_g, linear)
         opt.step()
         log_r.clamp_(math.log(RATIOS[0]), math.log(RATIOS[-1]))
         theta.clamp_(-4, 4)
-    return sqrt_d * theta.exp()
+        log_g.clamp_(-10, 5)
+    return sqrt_d * theta.exp(), log_g.exp() * linear
 
 
 def _eigh(K):
@@ -259,8 +287,9 @@ def fit_gp(x, y, is_context, ard=False):
     x (B, N, F) standardized (zero-padded columns), y (B, N), is_context (B, N). Only
     the first ``max(k)`` tokens are read when the context comes first (as in training
     and prediction); any context layout is correct. ``ard``: add the ARD member, its
-    lengthscales from :func:`fit_lengthscales` started at an isotropic RBF (ARD_SHORT), its
-    log likelihood penalized by ARD_PENALTY (d - 1) log k for the extra lengthscales."""
+    lengthscales from :func:`fit_lengthscales` started at an isotropic RBF (ARD_SHORT), in
+    the form (without or with a linear part, ARD_LINEAR) of higher log likelihood
+    penalized by ARD_PENALTY log k for each hyperparameter beyond one lengthscale."""
     w = is_context.to(x.dtype)
     last = int(is_context.nonzero()[:, 1].max()) + 1 if is_context.any() else 0
     xc, yc, w = x[:, :last], (y * w)[:, :last], w[:, :last]
@@ -270,17 +299,27 @@ def fit_gp(x, y, is_context, ard=False):
     pad = torch.diag_embed(1 - w)                                    # -1 on masked diagonal
     mask = w[:, :, None] * w[:, None, :]
     fits = [_fit_kernel(K * mask - pad, yc, k, r) for K in _kernel_matrices(xc, xc, d)]
-    ls = None
+    ls = g = relevance = None
     if ard:
         short = [_fit_kernel(K * mask - pad, yc, k, r)
                  for K in _rbf_matrices(xc, xc, d, ARD_SHORT)]
         start, ratio = _ard_start(fits[:len(LENGTHSCALES)], short, w)
         theta0 = torch.log(torch.tensor(LENGTHSCALES + ARD_SHORT, dtype=x.dtype, device=x.device))
-        ls = fit_lengthscales(xc, yc, w, d, theta0[start][:, None], torch.log(r)[ratio][:, None])
-        K_ard = _ard_kernel(xc, xc, ls) * mask - pad
-        U, inv, z, s2, loglik = _fit_kernel(K_ard, yc, k, r)
-        penalty = ARD_PENALTY * (d[:, 0] - 1) * torch.log(k.clamp(min=1))[:, None]
-        fits.append((U, inv, z, s2, loglik - penalty))
+        # both forms at once, the RBF alone (first B tasks) and with its linear part (ARD_LINEAR)
+        B = len(xc)
+        two = lambda t: torch.cat([t, t])  # noqa: E731
+        linear = torch.cat([torch.zeros(B, 1), torch.ones(B, 1)]).to(x)
+        ls, g = fit_lengthscales(two(xc), two(yc), two(w), two(d), two(theta0[start][:, None]),
+                                 two(torch.log(r)[ratio][:, None]), linear)
+        K_ard = _ard_kernel(two(xc), two(xc), ls, g, two(d)) * two(mask) - two(pad)
+        U, inv, z, s2, loglik = _fit_kernel(K_ard, two(yc), two(k), r)
+        extra = two(d)[:, 0] - 1 + linear             # lengthscales beyond one, and g
+        loglik = loglik - ARD_PENALTY * extra * torch.log(two(k).clamp(min=1))[:, None]
+        pick = torch.arange(B, device=x.device) + B * (loglik[B:].logsumexp(-1)
+                                                       > loglik[:B].logsumexp(-1))
+        relevance = ls[:B]  # the RBF alone reads a linear effect as a long lengthscale
+        ls, g, K_ard = ls[pick], g[pick], K_ard[pick]
+        fits.append((U[pick], inv[pick], z[pick], s2[pick], loglik[pick]))
     het = None
     if ard and HETERO:
         het_fit, het = _het_member(K_ard, yc, w, k, r, d, fits[-1], xc)
@@ -290,14 +329,16 @@ def fit_gp(x, y, is_context, ard=False):
                                loglik.device, het is not None)
     post = torch.softmax(post.flatten(1), -1).view(loglik.shape)
     return {"x": xc, "w": w, "d": d, "r": r, "kernels": fits, "post": post, "ls": ls,
-            "het": het}
+            "g": g, "relevance": relevance, "het": het}
 
 
 def relevant_features(fit, n):
-    """Indices (B, n), ascending, of each task's n most relevant features by the ARD
-    member's lengthscales (shortest first; features unused in the context last)."""
+    """Indices (B, n), ascending, of each task's n most relevant features by the
+    lengthscales of the ARD member's RBF-alone form (shortest first; features unused in
+    the context last): where the member keeps its linear part, that part rather than its
+    lengthscales may carry a feature's effect."""
     used = _used(fit["x"], fit["w"])
-    score = torch.where(used, fit["ls"], torch.full_like(fit["ls"], math.inf))
+    score = torch.where(used, fit["relevance"], torch.full_like(fit["relevance"], math.inf))
     return score.argsort(dim=-1, stable=True)[:, :n].sort(-1).values
 
 
@@ -306,8 +347,8 @@ def gp_features_at(fit, x):
     variance and posterior weight (marginal over the ratio grid), then the mixture's mean and log
     variance (see :func:`gp_moments`)."""
     d, r, post, het = fit["d"], fit["r"], fit["post"], fit["het"]
-    cross = _kernel_matrices(x, fit["x"], d, fit["ls"])
-    diag = _diag(x, d, fit["ls"] is not None)
+    cross = _kernel_matrices(x, fit["x"], d, fit["ls"], fit["g"])
+    diag = _diag(x, d, fit["g"])
     noise = [torch.ones_like(diag[0])] * len(cross)
     if het is not None:  # the ARD kernel scaled by the context's noise multipliers
         cross.append(cross[-1] * het["Dinv"][:, None])
