@@ -259,6 +259,29 @@ def _ard_start(fits, short, w):
     return start, best_r[b, start]
 
 
+def _ard_member(xc, yc, w, k, r, d, mask, pad, theta0, log_r0):
+    """The ARD member in both its forms, the RBF alone and with a linear part (fitted
+    together as 2B tasks), each task's form of higher penalized evidence kept: its fit
+    tuple (log likelihood penalized ARD_PENALTY log k per hyperparameter beyond one
+    lengthscale), lengthscales (B, F), linear part g (B, 1; 0 for the RBF alone), the
+    RBF-alone form's lengthscales (for :func:`relevant_features`) and its kernel matrix
+    (masked as in :func:`fit_gp`)."""
+    B = len(xc)
+    two = lambda t: torch.cat([t, t])  # noqa: E731
+    linear = torch.zeros((2 * B, 1), dtype=xc.dtype, device=xc.device)
+    linear[B:] = 1
+    ls, g = fit_lengthscales(two(xc), two(yc), two(w), two(d), two(theta0), two(log_r0), linear)
+    K = _ard_kernel(two(xc), two(xc), ls, g, two(d)) * two(mask) - two(pad)
+    U, inv, z, s2, loglik = _fit_kernel(K, two(yc), two(k), r)
+    extra = two(d)[:, 0] - 1 + linear                 # lengthscales beyond one, and g
+    loglik = loglik - ARD_PENALTY * extra * torch.log(two(k).clamp(min=1))[:, None]
+    keep = torch.arange(B, device=xc.device) + B * (loglik[B:].logsumexp(-1)
+                                                    > loglik[:B].logsumexp(-1))
+    fit = (U[keep], inv[keep], z[keep], s2[keep], loglik[keep])
+    # the RBF alone reads a linear effect as a long lengthscale, the sum may leave it to g
+    return fit, ls[keep], g[keep], ls[:B], K[keep]
+
+
 def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     """The heteroscedastic variant of the ARD member (see HETERO): its fit tuple, penalized
     log likelihood and the log-variance model (centre xm (B, F), slope c (B, F))."""
@@ -305,21 +328,9 @@ def fit_gp(x, y, is_context, ard=False):
                  for K in _rbf_matrices(xc, xc, d, ARD_SHORT)]
         start, ratio = _ard_start(fits[:len(LENGTHSCALES)], short, w)
         theta0 = torch.log(torch.tensor(LENGTHSCALES + ARD_SHORT, dtype=x.dtype, device=x.device))
-        # both forms at once, the RBF alone (first B tasks) and with its linear part (ARD_LINEAR)
-        B = len(xc)
-        two = lambda t: torch.cat([t, t])  # noqa: E731
-        linear = torch.cat([torch.zeros(B, 1), torch.ones(B, 1)]).to(x)
-        ls, g = fit_lengthscales(two(xc), two(yc), two(w), two(d), two(theta0[start][:, None]),
-                                 two(torch.log(r)[ratio][:, None]), linear)
-        K_ard = _ard_kernel(two(xc), two(xc), ls, g, two(d)) * two(mask) - two(pad)
-        U, inv, z, s2, loglik = _fit_kernel(K_ard, two(yc), two(k), r)
-        extra = two(d)[:, 0] - 1 + linear             # lengthscales beyond one, and g
-        loglik = loglik - ARD_PENALTY * extra * torch.log(two(k).clamp(min=1))[:, None]
-        pick = torch.arange(B, device=x.device) + B * (loglik[B:].logsumexp(-1)
-                                                       > loglik[:B].logsumexp(-1))
-        relevance = ls[:B]  # the RBF alone reads a linear effect as a long lengthscale
-        ls, g, K_ard = ls[pick], g[pick], K_ard[pick]
-        fits.append((U[pick], inv[pick], z[pick], s2[pick], loglik[pick]))
+        ard_fit, ls, g, relevance, K_ard = _ard_member(
+            xc, yc, w, k, r, d, mask, pad, theta0[start][:, None], torch.log(r)[ratio][:, None])
+        fits.append(ard_fit)
     het = None
     if ard and HETERO:
         het_fit, het = _het_member(K_ard, yc, w, k, r, d, fits[-1], xc)
