@@ -154,17 +154,21 @@ class HeadDenoiser(SetDenoiser):
             return kernels.gp_moments(feats, VARIANCE_FLOOR, self.variance_cap)
         return baseline_moments(feats, self.leverage_cap, self.variance_cap)
 
-    def denoise(self, hc, moments, y_t, t, time=None, return_scale=False):
+    def denoise(self, hc, moments, y_t, t, time=None, gate=None, return_scale=False):
         """Prediction at y_t (..., S) from projected query embeddings ``hc`` (..., 1,
         head width, see :meth:`DiffusionHead.project`) and the baseline's
         :meth:`moments`, broadcast over the draws axis; ``t`` is (..., S) or one int step
-        for all, whose ``time`` embedding may be passed precomputed."""
+        for all, whose ``time`` embedding may be passed precomputed. ``gate`` (..., 1), 0
+        or 1 per query, multiplies the head's correction (0: the baseline's exact
+        denoiser)."""
         m, s2 = moments
         abar_t = self.abar.to(y_t.dtype)[torch.as_tensor(t, device=y_t.device)]
         if time is None:
             time = self.time_embedding(t, y_t)
         z = (y_t - abar_t.sqrt() * m) / (abar_t * s2 + 1 - abar_t).sqrt()
         out = self.head(torch.stack([y_t, z], dim=-1), hc, time)
+        if gate is not None:
+            out = out * gate
         scale = gaussian_residual_scale(s2, abar_t, self.prediction_type)
         pred = scale * out + gaussian_denoiser(m, s2, abar_t, y_t, self.prediction_type)
         return (pred, scale) if return_scale else pred

@@ -43,6 +43,10 @@ def make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size=4096):
 QUERY_CHUNK = 64  # queries per encoder pass; a multiple of every SIMD width
 WHOLE_CONTEXT_MAX = 1024  # most points a GP baseline is fitted to (see below)
 HEAD_ROWS = 16384  # (query, sample) rows per head pass, to bound memory (4 MB a tensor)
+# context standard deviations beyond the context's range (in some feature the transformer
+# reads) past which a query of a context that determines every direction gets the Gaussian
+# baseline alone (see extrapolated; measured by benchmarks/extrapolation.py)
+EXTRAPOLATION = 2.0
 
 
 def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
@@ -68,6 +72,10 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     ``wide_inputs`` (the ARD baseline) also takes x with more than ``max_features``
     columns: its baseline is fitted to and evaluated at all of them, and the transformer
     reads the ``max_features`` most relevant (:func:`~skdiffusion.kernels.relevant_features`).
+
+    The queries that :func:`extrapolated` names, against all the parts together and the
+    features the transformer reads, get no correction from the head: their chain samples
+    the Gaussian baseline alone.
     """
     m = x_q.shape[1]
     wide = x_q.shape[-1] > model.max_features
@@ -100,17 +108,42 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     flat = lambda a: _pad_rows(a.reshape(-1, *a.shape[2:]), chunk)  # noqa: E731
     hc = model.head.project(flat(torch.cat(hs, 1)))[:, None]  # a draws axis to broadcast
     mean, var = model.moments(flat(torch.cat(feats, 1))[:, None])
+    near = ~extrapolated(view(torch.cat([x for x, _ in contexts], 1)), view(x_q))  # (B, m)
+    gate = flat(near[:, None].expand(-1, len(contexts), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
 
     def denoise(y_t, t):
         time = model.time_embedding(t, y_t)  # once per step
         y = flat(y_t)
         n = max(1, HEAD_ROWS // (y.shape[-1] * chunk)) * chunk  # queries per head pass
         out = torch.cat([model.denoise(hc[i:i + n], (mean[i:i + n], var[i:i + n]), y[i:i + n],
-                                       t, time) for i in range(0, len(y), n)])
+                                       t, time, gate[i:i + n]) for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
     n = x_q.shape[0] * len(contexts) * m
     return denoise, var[:n].reshape(x_q.shape[0], len(contexts) * m, 1)
+
+
+def extrapolated(x_ctx, x_q):
+    """(B, m) bool: the queries of x_q (B, m, F) more than ``EXTRAPOLATION`` context
+    standard deviations beyond the range of x_ctx (B, k, F) in some feature, in a context
+    that determines every direction (k >= d + 2, d its non-zero columns). There the
+    shipped network's correction was no better than its Gaussian baseline on tasks of its
+    own prior, and worse on real data whose trends go on where the prior's functions turn;
+    smaller contexts put many queries that far out, and meta-training learned those."""
+    d = (x_ctx != 0).any(dim=1).sum(-1)
+    determined = x_ctx.shape[1] >= d + 2
+    return (beyond_context(x_ctx, x_q) > EXTRAPOLATION) & determined[:, None]
+
+
+def beyond_context(x_ctx, x_q):
+    """How far (B, m) each query of x_q (B, m, F) lies outside the range of x_ctx (B, k, F):
+    the largest distance over features beyond the context's minimum or maximum, 0 inside
+    (and for an empty context, whose model was meta-trained on such tasks too)."""
+    if x_ctx.shape[1] == 0:
+        return x_q.new_zeros(x_q.shape[:2])
+    below = x_ctx.amin(1, keepdim=True) - x_q
+    above = x_q - x_ctx.amax(1, keepdim=True)
+    return torch.maximum(below, above).clamp(min=0).amax(-1)
 
 
 def _pad_rows(a, multiple):

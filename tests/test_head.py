@@ -109,3 +109,44 @@ def test_float32_samples_do_not_depend_on_the_other_queries(baseline):
         part = sample_standardized(model, SCHEDULE, x_ctx, y_ctx, x_q[:, rows], noise[:, :, rows],
                                    "ddpm", 10)
         torch.testing.assert_close(part, full[:, rows], rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_queries_far_beyond_a_determined_context_get_the_baseline_alone(model, monkeypatch):
+    """A query more than EXTRAPOLATION context standard deviations beyond the range of
+    all the context's parts in some feature, in a context of k >= d + 2 points, is sampled
+    exactly as by the same model with a zero head (its Gaussian baseline through the same
+    chain), which without the gate it is not; queries within that range, and every query
+    of a smaller context, keep the head's correction. The range is that of all parts
+    together: query 1 lies far beyond the first two parts' range, within the third's."""
+    import copy
+
+    from skdiffusion import inference
+
+    zero = copy.deepcopy(model)
+    for p in zero.head.read_out.parameters():
+        p.zero_()
+    g = torch.Generator().manual_seed(3)
+    x = pad_features(torch.randn(1, 45, 4, generator=g, dtype=torch.float64), F)
+    x[0, 44, 2] = 3.5                                   # the third part's widest point
+    y = torch.randn(1, 45, generator=g, dtype=torch.float64)
+    q = torch.zeros(1, 4, F, dtype=torch.float64)
+    tau = inference.EXTRAPOLATION
+    q[0, 1, 2] = 3.5 + 0.9 * tau                        # within the whole range's margin
+    q[0, 2, 2] = 3.5 + 1.1 * tau                        # beyond it
+    q[0, 3, 0] = x[0, :, 0].min() - 1.1 * tau           # beyond it, below
+    assert inference.beyond_context(x[:, :30], q)[0, 1] > tau  # per part it would be far
+    noise = draw_noise(11, (3, 1, 4, S), g, torch.float64)
+    parts = [(x[:, a:a + 15], y[:, a:a + 15]) for a in (0, 15, 30)]
+    few = [(x[:, :5], y[:, :5])]                        # k = 5 < d + 2 = 6
+
+    def draws(m, contexts):
+        return inference.sample_context_parts(m, SCHEDULE, contexts, q, noise[:, :len(contexts)],
+                                              "ddpm", 10)
+
+    got, ref = draws(model, parts), draws(zero, parts)
+    torch.testing.assert_close(got[..., 2:, :], ref[..., 2:, :], rtol=0, atol=0)
+    assert ((got[..., :2, :] - ref[..., :2, :]).abs() > 1e-6).all()
+    assert ((draws(model, few) - draws(zero, few)).abs() > 1e-6).all()
+    monkeypatch.setattr(inference, "EXTRAPOLATION", float("inf"))
+    assert ((draws(model, parts)[..., 2:, :] - ref[..., 2:, :]).abs() > 1e-6).all()
