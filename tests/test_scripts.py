@@ -100,3 +100,11 @@ def test_small_real(tmp_path):
     rows2 = json.loads(again.with_suffix(".json").read_text())
     assert [r for r in rows2 if r["method"] == "GP (ARD)"] == gp
     assert "| mean R^2 |" in again.read_text()
+
+
+def test_extrapolation(micro_model, tmp_path):
+    out = tmp_path / "extrapolation.md"
+    text = run(ROOT / "benchmarks" / "extrapolation.py", "--model", micro_model, "--ks", "3,12",
+               "--ds", "1,2", "--tasks", 3, "--queries", 4, "--samples", 4, "--out", out)
+    assert "| 12 | inside |" in text and "| all | " in text
+    assert out.read_text().strip() == text.strip()
