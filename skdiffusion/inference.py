@@ -7,6 +7,7 @@ nothing but memory use.
 
 import torch
 
+from . import kernels
 from .denoiser import fit_ridge, pad_features, ridge_features_at
 from .diffusion import draw_noise, n_noise_draws, sample
 from .kernels import relevant_features
@@ -47,15 +48,21 @@ HEAD_ROWS = 16384  # (query, sample) rows per head pass, to bound memory (4 MB a
 # reads) past which a query of a context that determines every direction gets the Gaussian
 # baseline alone (see extrapolated; measured by benchmarks/extrapolation.py)
 EXTRAPOLATION = 2.0
+# Every task prior here is symmetric under y -> -y, so the Bayes predictive is too: a
+# head model samples half its draws from the context with y negated and negates them
+# (see sample_context_parts); measured in docs/functions.md, "The reflected context"
+REFLECT = True
 
 
-def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
+def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False):
     """(closure ``denoise(y_t, t)`` for a :class:`~skdiffusion.head.HeadDenoiser`, the
-    variance (B, len(contexts) * m, 1) of the Gaussian baseline at each query).
+    variance (B, n_blocks * m, 1) of the Gaussian baseline at each query).
 
     ``contexts``: a list of (x_ctx (B, k_j, F), y_ctx (B, k_j)) for the same queries
-    x_q (B, m, F); y_t has shape (B, len(contexts) * m, n_samples), the queries of each
-    context in turn. The transformer runs once: each context is encoded, then every
+    x_q (B, m, F); y_t has shape (B, n_blocks * m, n_samples), the queries of each
+    context in turn: n_blocks = len(contexts), and with ``reflect`` twice that, the
+    contexts with y negated following (see :func:`sample_context_parts`). The
+    transformer runs once: each context is encoded, then every
     query against it in fixed chunks of ``chunk`` (zero-padded), so that its attention
     has the same shapes whatever the other queries are. Each step then runs only the
     head, on the queries of all tasks and parts at once, zero-padded to a whole number of
@@ -81,7 +88,8 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     wide = x_q.shape[-1] > model.max_features
     x_pad = torch.nn.functional.pad(x_q, (0, 0, 0, -m % chunk))
     whole, view = None, lambda x: x  # noqa: E731 (the transformer's columns of x)
-    if (len(contexts) > 1 or wide) and getattr(model, "whole_context_baseline", False):
+    shared_fit = len(contexts) > 1 or wide or reflect  # one fit serves every block
+    if shared_fit and getattr(model, "whole_context_baseline", False):
         x_all = torch.cat([x for x, _ in contexts], 1)
         y_all = torch.cat([y for _, y in contexts], 1)
         if y_all.shape[1] > WHOLE_CONTEXT_MAX:
@@ -96,20 +104,26 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
     # one fit for every part: the queries' features are the same for all, computed once
     shared = ([model.target_features({"fit": whole}, x_pad[:, i:i + chunk]) for i in starts]
               if whole is not None else [None] * len(starts))
+    blocks = [(1, whole, shared)]  # (sign of y, fit, the queries' features)
+    if reflect and whole is None:  # encode_context fits the context with -y itself
+        blocks.append((-1, None, shared))
+    elif reflect:  # the GP fit to -y is the reflected fit: no second fit
+        blocks.append((-1, kernels.reflected(whole), [kernels.reflect_features(f) for f in shared]))
     hs, feats = [], []
-    for x_ctx, y_ctx in contexts:
-        ctx_feats = model.target_features({"fit": whole}, x_ctx) if wide else None
-        cache = model.encode_context(view(x_ctx), y_ctx, whole, ctx_feats)
-        parts = [model.encode_queries(cache, view(x_pad[:, i:i + chunk]), f)
-                 for i, f in zip(starts, shared)]
-        hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])
-        feats.append(torch.cat([f for _, f in parts], 1)[:, :m])
+    for sign, fit, fit_feats in blocks:
+        for x_ctx, y_ctx in contexts:
+            ctx_feats = model.target_features({"fit": fit}, x_ctx) if wide else None
+            cache = model.encode_context(view(x_ctx), sign * y_ctx, fit, ctx_feats)
+            parts = [model.encode_queries(cache, view(x_pad[:, i:i + chunk]), f)
+                     for i, f in zip(starts, fit_feats)]
+            hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])
+            feats.append(torch.cat([f for _, f in parts], 1)[:, :m])
     # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
     flat = lambda a: _pad_rows(a.reshape(-1, *a.shape[2:]), chunk)  # noqa: E731
     hc = model.head.project(flat(torch.cat(hs, 1)))[:, None]  # a draws axis to broadcast
     mean, var = model.moments(flat(torch.cat(feats, 1))[:, None])
     near = ~extrapolated(view(torch.cat([x for x, _ in contexts], 1)), view(x_q))  # (B, m)
-    gate = flat(near[:, None].expand(-1, len(contexts), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
+    gate = flat(near[:, None].expand(-1, len(hs), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
 
     def denoise(y_t, t):
         time = model.time_embedding(t, y_t)  # once per step
@@ -119,8 +133,8 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK):
                                        t, time, gate[i:i + n]) for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
-    n = x_q.shape[0] * len(contexts) * m
-    return denoise, var[:n].reshape(x_q.shape[0], len(contexts) * m, 1)
+    n = x_q.shape[0] * len(hs) * m
+    return denoise, var[:n].reshape(x_q.shape[0], len(hs) * m, 1)
 
 
 def extrapolated(x_ctx, x_q):
@@ -183,6 +197,14 @@ def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", 
     A set denoiser runs one chain per context; a head denoiser encodes every context and
     runs a single chain for all of them (the same numbers, a third of the calls for
     three parts).
+
+    With ``REFLECT`` a head denoiser draws the first ceil(n_samples / 2) samples of each
+    context from it and the rest from the context with y negated, negated back, their
+    noise negated too: the samples of a model whose predictive is symmetric under
+    y -> -y (the Bayes predictive of every prior here) are left as they are (antithetic
+    pairs e, -e become pairs of one draw from each context), those of a trained network
+    lose the part that breaks the symmetry (such as a bias). The transformer then runs
+    twice; the head as often as before; the GP baseline's fit once.
     """
     F = model.max_features
     wide = x_q.shape[-1] > F and getattr(model, "wide_inputs", False)
@@ -196,11 +218,18 @@ def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", 
             for j, (x_ctx, y_ctx) in enumerate(contexts)])
     else:
         n_draws, n_parts, B, m, n_samples = noise.shape
-        flat = noise.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, n_samples)  # parts in turn
-        denoise, y0_var = make_head_denoise_fn(model, contexts, x_q)
+        drive = noise
+        if REFLECT:  # the second half's noise, negated, drives the reflected contexts
+            h = n_samples - n_samples // 2
+            back = torch.nn.functional.pad(-noise[..., h:], (0, 2 * h - n_samples))
+            drive = torch.cat([noise[..., :h], back], 1)
+        flat = drive.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, drive.shape[-1])
+        denoise, y0_var = make_head_denoise_fn(model, contexts, x_q, reflect=REFLECT)
         out = sample(denoise, schedule, flat, sampler, n_steps, eta, prediction_type,
                      variance, progress, y0_var)
-        out = out.reshape(B, n_parts, m, n_samples).transpose(0, 1)
+        out = out.reshape(B, -1, m, drive.shape[-1]).transpose(0, 1)
+        if REFLECT:
+            out = torch.cat([out[:n_parts], -out[n_parts:]], -1)[..., :n_samples]
     # wide inputs keep the network's answer: least squares on more features than
     # meta-training saw overfits (diabetes with its 45 pairwise products: R^2 0.40
     # with the fallback, 0.47 without, docs/functions.md)

@@ -150,3 +150,39 @@ def test_queries_far_beyond_a_determined_context_get_the_baseline_alone(model, m
     assert ((draws(model, few) - draws(zero, few)).abs() > 1e-6).all()
     monkeypatch.setattr(inference, "EXTRAPOLATION", float("inf"))
     assert ((draws(model, parts)[..., 2:, :] - ref[..., 2:, :]).abs() > 1e-6).all()
+
+
+@torch.no_grad()
+def test_reflected_contexts_make_the_sampler_equivariant_under_y_to_minus_y(model, monkeypatch):
+    """With REFLECT, half the samples come from the context with y negated (negated back,
+    their noise negated): the sampler is then exactly equivariant, negating y and swapping
+    the halves of the (negated) noise negates the samples with their halves swapped, for
+    a head that is not (two context parts). A zero head, equivariant already, samples
+    what it samples without REFLECT, for any number of samples (5: an odd one)."""
+    import copy
+
+    from skdiffusion import inference
+
+    g = torch.Generator().manual_seed(4)
+    x = pad_features(torch.randn(1, 24, 4, generator=g, dtype=torch.float64), F)
+    y = torch.randn(1, 24, generator=g, dtype=torch.float64)
+    q = pad_features(torch.randn(1, 5, 4, generator=g, dtype=torch.float64), F)
+
+    def draws(m, sign, noise):
+        parts = [(x[:, :12], sign * y[:, :12]), (x[:, 12:], sign * y[:, 12:])]
+        return inference.sample_context_parts(m, SCHEDULE, parts, q, noise, "ddpm", 10)
+
+    noise = draw_noise(11, (2, 1, 5, 4), g, torch.float64)
+    swap = lambda a: torch.cat([a[..., 2:], a[..., :2]], -1)  # noqa: E731
+    got = draws(model, 1, noise)
+    torch.testing.assert_close(draws(model, -1, -swap(noise)), -swap(got), rtol=0, atol=1e-12)
+    monkeypatch.setattr(inference, "REFLECT", False)
+    assert ((draws(model, -1, -swap(noise)) + swap(got)).abs() > 1e-6).any()  # not without
+    zero = copy.deepcopy(model)
+    for p in zero.head.read_out.parameters():
+        p.zero_()
+    odd = draw_noise(11, (2, 1, 5, 5), g, torch.float64)
+    plain = draws(zero, 1, odd)
+    monkeypatch.setattr(inference, "REFLECT", True)
+    torch.testing.assert_close(draws(zero, 1, odd), plain, rtol=0, atol=1e-10)
+    assert ((draws(model, 1, odd) - plain).abs() > 1e-6).any()  # the head's part counts

@@ -623,3 +623,21 @@ def test_ard_member_keeps_a_member_start_where_a_short_one_wins_only_the_evidenc
     assert best(short) > best(members) + 3
     start, _ = kernels._ard_start(members, short, w)
     assert int(start) < len(kernels.LENGTHSCALES)
+
+
+@pytest.mark.parametrize("ard", [False, True])
+def test_the_reflected_fit_is_the_fit_to_minus_y(ard):
+    """The fit to -y, and its features at new points, are the reflected fit's (bit for
+    bit): only the posterior means change sign."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 40, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x[..., 0]) + 0.3 * torch.randn(2, 40, generator=g, dtype=torch.float64)
+    c = torch.ones(2, 40, dtype=torch.bool)
+    q = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    fit = kernels.fit_gp(x, y, c, ard)
+    want = kernels.gp_features_at(kernels.fit_gp(x, -y, c, ard), q)
+    got = kernels.gp_features_at(fit, q)
+    assert (want - got).abs().max() > 0.1  # the means differ
+    torch.testing.assert_close(kernels.gp_features_at(kernels.reflected(fit), q), want,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(kernels.reflect_features(got), want, rtol=0, atol=0)
