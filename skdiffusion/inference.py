@@ -104,18 +104,21 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     # one fit for every part: the queries' features are the same for all, computed once
     shared = ([model.target_features({"fit": whole}, x_pad[:, i:i + chunk]) for i in starts]
               if whole is not None else [None] * len(starts))
-    blocks = [(1, whole, shared)]  # (sign of y, fit, the queries' features)
-    if reflect and whole is None:  # encode_context fits the context with -y itself
-        blocks.append((-1, None, shared))
+    # and the context tokens' (at all the columns of wide inputs), once per part
+    ctx_feats = [model.target_features({"fit": whole}, x) if whole is not None else None
+                 for x, _ in contexts]
+    blocks = [(1, whole, shared, ctx_feats)]  # (sign of y, fit, queries' and context's features)
+    if reflect and whole is None:  # encode_context fits each part with -y itself
+        blocks.append((-1, None, shared, ctx_feats))
     elif reflect:  # the GP fit to -y is the reflected fit: no second fit
-        blocks.append((-1, kernels.reflected(whole), [kernels.reflect_features(f) for f in shared]))
+        flip = lambda fs: [kernels.reflect_features(f) for f in fs]  # noqa: E731
+        blocks.append((-1, kernels.reflected(whole), flip(shared), flip(ctx_feats)))
     hs, feats = [], []
-    for sign, fit, fit_feats in blocks:
-        for x_ctx, y_ctx in contexts:
-            ctx_feats = model.target_features({"fit": fit}, x_ctx) if wide else None
-            cache = model.encode_context(view(x_ctx), sign * y_ctx, fit, ctx_feats)
+    for sign, fit, q_feats, c_feats in blocks:
+        for (x_ctx, y_ctx), c_f in zip(contexts, c_feats):
+            cache = model.encode_context(view(x_ctx), sign * y_ctx, fit, c_f)
             parts = [model.encode_queries(cache, view(x_pad[:, i:i + chunk]), f)
-                     for i, f in zip(starts, fit_feats)]
+                     for i, f in zip(starts, q_feats)]
             hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])
             feats.append(torch.cat([f for _, f in parts], 1)[:, :m])
     # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
@@ -144,9 +147,13 @@ def extrapolated(x_ctx, x_q):
     shipped network's correction was no better than its Gaussian baseline on tasks of its
     own prior, and worse on real data whose trends go on where the prior's functions turn;
     smaller contexts put many queries that far out, and meta-training learned those."""
-    d = (x_ctx != 0).any(dim=1).sum(-1)
-    determined = x_ctx.shape[1] >= d + 2
-    return (beyond_context(x_ctx, x_q) > EXTRAPOLATION) & determined[:, None]
+    return (beyond_context(x_ctx, x_q) > EXTRAPOLATION) & determines_every_direction(x_ctx)[:, None]
+
+
+def determines_every_direction(x_ctx):
+    """(B,) bool: contexts x_ctx (B, k, F) of at least d + 2 points, d their non-zero
+    columns (a line through them and the noise level are then determined)."""
+    return x_ctx.shape[1] >= (x_ctx != 0).any(dim=1).sum(-1) + 2
 
 
 def beyond_context(x_ctx, x_q):
@@ -254,8 +261,7 @@ def linear_fallback(model, x_ctx, y_ctx, x_q, samples, z):
     fit = fit_ridge(x_ctx, y_ctx, is_ctx, lambdas=(0.0,), centred=model.centred_dof)
     feats = ridge_features_at(fit, x_q)
     mean, lev, noise_var = feats[..., :1], feats[..., -2:-1], feats[..., -1:]
-    d = (x_ctx != 0).any(dim=1).sum(-1)                                     # (B,)
-    determined = (y_ctx.shape[1] >= d + 2)[:, None, None]
+    determined = determines_every_direction(x_ctx)[:, None, None]
     linear = mean + (noise_var * (1 + lev)).sqrt() * z
     return torch.where(determined & (lev > model.leverage_cap), linear, samples)
 
