@@ -289,13 +289,21 @@ class SetDenoiser(nn.Module):
         return gpt.h, gpt.wpe.weight[0], gpt.ln_f
 
     @torch.no_grad()
-    def encode_context(self, x_ctx, y_ctx, fit=None, feats=None):
+    def encode_context(self, x_ctx, y_ctx, fit=None, feats=None, real=None):
         """Cache for :meth:`forward_targets`: per-layer context keys/values and the
         baseline's fit (to this context, unless another ``fit`` is given, and its
         features at x_ctx unless ``feats`` are: see
-        :func:`~skdiffusion.inference.make_head_denoise_fn`)."""
+        :func:`~skdiffusion.inference.make_head_denoise_fn`). ``real`` (B, k) bool marks
+        the tokens of contexts zero-padded to one length (to encode contexts of
+        different lengths in one batch): the baseline is fitted to them alone and no
+        token attends to the others, so each context's keys and values are those of the
+        context alone."""
         B, k = y_ctx.shape
-        is_ctx = torch.ones((B, k), dtype=torch.bool, device=x_ctx.device)
+        is_ctx = torch.ones((B, k), dtype=torch.bool, device=x_ctx.device) if real is None else real
+        # the padding's scores -inf: softmax gives it weight 0 exactly
+        bias = None if real is None else torch.zeros(real.shape, dtype=x_ctx.dtype,
+                                                     device=x_ctx.device).masked_fill(
+            ~real, -torch.inf)[:, None, None]                                  # (B, 1, 1, k)
         if fit is None and self.linear_baseline:
             fit = self._baseline_fit(x_ctx, y_ctx, is_ctx)
         if feats is None and self.linear_baseline:
@@ -307,9 +315,10 @@ class SetDenoiser(nn.Module):
         for block in blocks:
             q, key, v = self._qkv(block, block.ln_1(h))
             kv.append((key, v))
-            att = torch.softmax(q @ key.transpose(-1, -2) * block.attn.scaling, dim=-1) @ v
+            scores = q @ key.transpose(-1, -2) * block.attn.scaling
+            att = torch.softmax(scores if bias is None else scores + bias, dim=-1) @ v
             h = self._block_rest(block, h, att)
-        return {"kv": kv, "fit": fit}
+        return {"kv": kv, "fit": fit, "bias": bias}
 
     def target_features(self, cache, x_q):
         """The ridge features of targets at x_q (None without the linear baseline); they
@@ -338,6 +347,8 @@ class SetDenoiser(nn.Module):
             q, key, v = self._qkv(block, block.ln_1(h))
             q = q * block.attn.scaling  # before the products: M x head_dim, not M x k
             s_ctx = q @ ck.transpose(-1, -2)                                  # (B, H, M, k)
+            if cache.get("bias") is not None:
+                s_ctx = s_ctx + cache["bias"]
             s_self = (q * key).sum(-1, keepdim=True)
             p = torch.softmax(torch.cat([s_ctx, s_self], -1), dim=-1)
             att = p[..., :-1] @ cv + p[..., -1:] * v

@@ -107,26 +107,24 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     # and the context tokens' (at all the columns of wide inputs), once per part
     ctx_feats = [model.target_features({"fit": whole}, x) if whole is not None else None
                  for x, _ in contexts]
-    blocks = [(1, whole, shared, ctx_feats)]  # (sign of y, fit, queries' and context's features)
+    # (the transformer's view of the context, its y, fit, context's and queries' features)
+    blocks = [(view(x), y, whole, f, shared) for (x, y), f in zip(contexts, ctx_feats)]
     if reflect and whole is None:  # encode_context fits each part with -y itself
-        blocks.append((-1, None, shared, ctx_feats))
+        blocks += [(x, -y, None, f, q) for x, y, _, f, q in blocks]
     elif reflect:  # the GP fit to -y is the reflected fit: no second fit
         flip = lambda fs: [kernels.reflect_features(f) for f in fs]  # noqa: E731
-        blocks.append((-1, kernels.reflected(whole), flip(shared), flip(ctx_feats)))
-    hs, feats = [], []
-    for sign, fit, q_feats, c_feats in blocks:
-        for (x_ctx, y_ctx), c_f in zip(contexts, c_feats):
-            cache = model.encode_context(view(x_ctx), sign * y_ctx, fit, c_f)
-            parts = [model.encode_queries(cache, view(x_pad[:, i:i + chunk]), f)
-                     for i, f in zip(starts, q_feats)]
-            hs.append(torch.cat([h for h, _ in parts], 1)[:, :m])
-            feats.append(torch.cat([f for _, f in parts], 1)[:, :m])
+        blocks += [(x, -y, kernels.reflected(whole), kernels.reflect_features(f), flip(q))
+                   for x, y, _, f, q in blocks]
+    chunks = [view(x_pad[:, i:i + chunk]) for i in starts]
+    # with one fit for all, every block's features are known: one batch for all blocks
+    groups = [blocks] if whole is not None else [[b] for b in blocks]
+    h, feats = (torch.cat(z, 1) for z in zip(*[_encode(model, g, chunks, m) for g in groups]))
     # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
     flat = lambda a: _pad_rows(a.reshape(-1, *a.shape[2:]), chunk)  # noqa: E731
-    hc = model.head.project(flat(torch.cat(hs, 1)))[:, None]  # a draws axis to broadcast
-    mean, var = model.moments(flat(torch.cat(feats, 1))[:, None])
+    hc = model.head.project(flat(h))[:, None]  # a draws axis to broadcast
+    mean, var = model.moments(flat(feats)[:, None])
     near = ~extrapolated(view(torch.cat([x for x, _ in contexts], 1)), view(x_q))  # (B, m)
-    gate = flat(near[:, None].expand(-1, len(hs), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
+    gate = flat(near[:, None].expand(-1, len(blocks), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
 
     def denoise(y_t, t):
         time = model.time_embedding(t, y_t)  # once per step
@@ -136,8 +134,32 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
                                        t, time, gate[i:i + n]) for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
-    n = x_q.shape[0] * len(hs) * m
-    return denoise, var[:n].reshape(x_q.shape[0], len(hs) * m, 1)
+    n = x_q.shape[0] * len(blocks) * m
+    return denoise, var[:n].reshape(x_q.shape[0], len(blocks) * m, 1)
+
+
+def _encode(model, blocks, chunks, m):
+    """Query embeddings and features (B, len(blocks) * m, .), block after block, of the
+    query ``chunks`` (each (B, chunk, F)) against each block (x_ctx, y_ctx, fit, context
+    features, list of the chunks' features) of :func:`make_head_denoise_fn`, in one
+    batch: the contexts zero-padded to one length, the padding masked (see
+    :meth:`~skdiffusion.denoiser.SetDenoiser.encode_context`); the fit and the features
+    of the first block serve all (pass one block at a time where they differ)."""
+    n, B = len(blocks), len(chunks[0])
+    k = max(x.shape[1] for x, *_ in blocks)
+    pad = lambda a: torch.nn.functional.pad(a, (0, 0) * (a.dim() - 2) + (0, k - a.shape[1]))  # noqa: E731
+    cat = lambda i: None if blocks[0][i] is None else torch.cat([pad(b[i]) for b in blocks])  # noqa: E731
+    real = None
+    if any(x.shape[1] < k for x, *_ in blocks):
+        rows = torch.arange(k, device=chunks[0].device)
+        real = torch.cat([(rows < x.shape[1]).expand(B, -1) for x, *_ in blocks])
+    cache = model.encode_context(cat(0), cat(1), blocks[0][2], cat(3), real)
+    parts = [model.encode_queries(cache, x.repeat(n, 1, 1), None if blocks[0][4][i] is None
+                                  else torch.cat([b[4][i] for b in blocks]))
+             for i, x in enumerate(chunks)]
+    # (n * B, m, .) block-major -> (B, n * m, .): each task's blocks on one axis
+    return tuple(torch.cat(z, 1)[:, :m].unflatten(0, (n, B)).transpose(0, 1).flatten(1, 2)
+                 for z in zip(*parts))
 
 
 def extrapolated(x_ctx, x_q):

@@ -186,3 +186,46 @@ def test_reflected_contexts_make_the_sampler_equivariant_under_y_to_minus_y(mode
     monkeypatch.setattr(inference, "REFLECT", True)
     torch.testing.assert_close(draws(zero, 1, odd), plain, rtol=0, atol=1e-10)
     assert ((draws(model, 1, odd) - plain).abs() > 1e-6).any()  # the head's part counts
+
+
+@torch.no_grad()
+def test_contexts_of_different_lengths_encode_as_one_batch(model):
+    """encode_context's ``real`` mask: two contexts zero-padded to one length and encoded
+    in one batch give each query the embedding and features that its own context alone
+    gives; without the mask the shorter context's padding is read."""
+    x, y, _, _, _ = task(6, k=K, m=M)
+    q = x[None, K:]
+    short = 4
+    X = torch.stack([x[:K], torch.cat([x[:short], torch.zeros(K - short, F, dtype=x.dtype)])])
+    Y = torch.stack([y[:K], torch.cat([y[:short], torch.zeros(K - short, dtype=y.dtype)])])
+    real = torch.arange(K) < torch.tensor([[K], [short]])
+    h, feats = model.encode_queries(model.encode_context(X, Y, real=real), q.expand(2, -1, -1))
+    for i, k in enumerate((K, short)):
+        h1, f1 = model.encode_queries(model.encode_context(x[None, :k], y[None, :k]), q)
+        torch.testing.assert_close(h[i], h1[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(feats[i], f1[0], rtol=0, atol=1e-10)
+    unmasked, _ = model.encode_queries(model.encode_context(X, Y), q.expand(2, -1, -1))
+    assert (unmasked[1] - h1[0]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_sampling_encodes_every_part_and_sign_in_one_batch(monkeypatch):
+    """With one baseline fit for the whole context, the sampler encodes all its parts
+    (of unequal lengths) and their reflections in one batch: the samples are those of
+    encoding one part at a time, to float64 rounding."""
+    from skdiffusion import inference
+
+    model = make_model(baseline="gp")
+    g = torch.Generator().manual_seed(8)
+    x = pad_features(torch.randn(1, 23, 4, generator=g, dtype=torch.float64), F)
+    y = torch.randn(1, 23, generator=g, dtype=torch.float64)
+    q = pad_features(torch.randn(1, 5, 4, generator=g, dtype=torch.float64), F)
+    parts = [(x[:, :8], y[:, :8]), (x[:, 8:16], y[:, 8:16]), (x[:, 16:], y[:, 16:])]
+    noise = draw_noise(11, (3, 1, 5, 4), g, torch.float64)
+    batched = inference.sample_context_parts(model, SCHEDULE, parts, q, noise, "ddpm", 10)
+    encode = inference._encode
+    monkeypatch.setattr(inference, "_encode", lambda m, blocks, chunks, n: tuple(
+        torch.cat(z, 1) for z in zip(*[encode(m, [b], chunks, n) for b in blocks])))
+    one_by_one = inference.sample_context_parts(model, SCHEDULE, parts, q, noise, "ddpm", 10)
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-10)
+
