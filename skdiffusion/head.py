@@ -35,8 +35,11 @@ BASELINES = ("ridge", "gp", "ard")
 TIME_FEATURES = 64
 
 
+RMS_EPS = 1e-6
+
+
 def rms_norm(x):
-    return F.rms_norm(x, (x.shape[-1],), eps=1e-6)
+    return F.rms_norm(x, (x.shape[-1],), eps=RMS_EPS)
 
 
 class AdaLNBlock(nn.Module):
@@ -82,15 +85,51 @@ class DiffusionHead(nn.Module):
     def time_embedding(self, t, dtype):
         return self.time(sinusoidal_embedding(t, TIME_FEATURES).to(dtype))
 
-    def forward(self, inputs, hc, time):
+    def forward(self, inputs, hc, time, buffers=None):
         """inputs (..., n_inputs), projected condition ``hc`` and ``time`` embedding
-        broadcastable to it -> (...)."""
+        broadcastable to it -> (...).
+
+        ``buffers``: a dict, kept by the caller across calls (a sampling chain), in which
+        the head, without autograd, keeps its three (..., width) intermediates and
+        computes in place: the same numbers, without allocating a dozen new tensors of
+        rows x width each call (fresh memory's page faults were 40 % of a chain's time:
+        docs/sampling.md, "Scratch memory for the chain")."""
         c = F.silu(hc + time)
+        if buffers is not None:
+            return self._forward_in_place(inputs, c, buffers)
         z = self.read_in(inputs)
         for block in self.blocks:
             z = block(z, c)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         return self.read_out(torch.addcmul(shift, rms_norm(z), 1 + scale)).squeeze(-1)
+
+    @torch.no_grad()
+    def _forward_in_place(self, inputs, c, buffers):
+        """:meth:`forward` in ``buffers`` (see there); the blocks' operations in the same
+        order, each writing its result over an input it no longer needs."""
+        shape = (*inputs.shape[:-1], self.read_out.in_features)
+        if shape not in buffers:
+            buffers[shape] = [torch.empty(shape, dtype=inputs.dtype, device=inputs.device)
+                              for _ in range(3)]
+        z, a, b = buffers[shape]
+        rows = lambda t: t.view(-1, t.shape[-1])  # noqa: E731 (the GEMMs' 2-d views)
+
+        def linear(layer, x, out):
+            return torch.addmm(layer.bias, rows(x), layer.weight.t(), out=rows(out))
+
+        def modulated_norm(x, shift, scale, out):  # addcmul(shift, rms_norm(x), 1 + scale)
+            torch.mul(x, x, out=out)
+            inv = out.mean(-1, keepdim=True).add_(RMS_EPS).rsqrt_()
+            return torch.addcmul(shift, torch.mul(x, inv, out=out), 1 + scale, out=out)
+
+        linear(self.read_in, inputs, z)
+        for block in self.blocks:
+            shift, scale, gate = block.modulation(c).chunk(3, dim=-1)
+            linear(block.fc1, modulated_norm(z, shift, scale, a), b)
+            linear(block.fc2, F.silu(b, inplace=True), a)
+            z.addcmul_(gate, a)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        return self.read_out(modulated_norm(z, shift, scale, a)).squeeze(-1)
 
 
 class HeadDenoiser(SetDenoiser):
@@ -154,19 +193,20 @@ class HeadDenoiser(SetDenoiser):
             return kernels.gp_moments(feats, VARIANCE_FLOOR, self.variance_cap)
         return baseline_moments(feats, self.leverage_cap, self.variance_cap)
 
-    def denoise(self, hc, moments, y_t, t, time=None, gate=None, return_scale=False):
+    def denoise(self, hc, moments, y_t, t, time=None, gate=None, return_scale=False,
+                buffers=None):
         """Prediction at y_t (..., S) from projected query embeddings ``hc`` (..., 1,
         head width, see :meth:`DiffusionHead.project`) and the baseline's
         :meth:`moments`, broadcast over the draws axis; ``t`` is (..., S) or one int step
         for all, whose ``time`` embedding may be passed precomputed. ``gate`` (..., 1), 0
         or 1 per query, multiplies the head's correction (0: the baseline's exact
-        denoiser)."""
+        denoiser); ``buffers``: see :meth:`DiffusionHead.forward`."""
         m, s2 = moments
         abar_t = self.abar.to(y_t.dtype)[torch.as_tensor(t, device=y_t.device)]
         if time is None:
             time = self.time_embedding(t, y_t)
         z = (y_t - abar_t.sqrt() * m) / (abar_t * s2 + 1 - abar_t).sqrt()
-        out = self.head(torch.stack([y_t, z], dim=-1), hc, time)
+        out = self.head(torch.stack([y_t, z], dim=-1), hc, time, buffers)
         if gate is not None:
             out = out * gate
         scale = gaussian_residual_scale(s2, abar_t, self.prediction_type)

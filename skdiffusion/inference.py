@@ -126,12 +126,15 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     near = ~extrapolated(view(torch.cat([x for x, _ in contexts], 1)), view(x_q))  # (B, m)
     gate = flat(near[:, None].expand(-1, len(blocks), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
 
+    buffers = {}  # the head's scratch memory, reused at every step
+
     def denoise(y_t, t):
         time = model.time_embedding(t, y_t)  # once per step
         y = flat(y_t)
         n = max(1, HEAD_ROWS // (y.shape[-1] * chunk)) * chunk  # queries per head pass
         out = torch.cat([model.denoise(hc[i:i + n], (mean[i:i + n], var[i:i + n]), y[i:i + n],
-                                       t, time, gate[i:i + n]) for i in range(0, len(y), n)])
+                                       t, time, gate[i:i + n], buffers=buffers)
+                         for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
     n = x_q.shape[0] * len(blocks) * m

@@ -229,3 +229,22 @@ def test_sampling_encodes_every_part_and_sign_in_one_batch(monkeypatch):
     one_by_one = inference.sample_context_parts(model, SCHEDULE, parts, q, noise, "ddpm", 10)
     torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-10)
 
+
+@torch.no_grad()
+def test_head_in_place_path_is_the_autograd_path_bit_for_bit():
+    """The head with ``buffers`` (sampling) computes in reused scratch memory exactly
+    what it computes without them, call after call, for every shape it is given, and
+    leaves its inputs as they were."""
+    torch.manual_seed(1)
+    head = make_model(torch.float32, "gp").head
+    width = head.read_out.in_features
+    buffers = {}
+    for rows, draws in ((40, 3), (40, 3), (24, 5)):
+        inputs = torch.randn(rows, draws, 2)
+        hc, time = torch.randn(rows, 1, width), torch.randn(1, width)
+        copies = [a.clone() for a in (inputs, hc, time)]
+        expected = head(inputs, hc, time)
+        torch.testing.assert_close(head(inputs, hc, time, buffers), expected, rtol=0, atol=0)
+        for a, b in zip((inputs, hc, time), copies):
+            assert torch.equal(a, b)
+    assert sorted(buffers) == [(24, 5, width), (40, 3, width)]
