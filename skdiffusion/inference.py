@@ -107,18 +107,12 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     # and the context tokens' (at all the columns of wide inputs), once per part
     ctx_feats = [model.target_features({"fit": whole}, x) if whole is not None else None
                  for x, _ in contexts]
-    # (the transformer's view of the context, its y, fit, context's and queries' features)
-    blocks = [(view(x), y, whole, f, shared) for (x, y), f in zip(contexts, ctx_feats)]
-    if reflect and whole is None:  # encode_context fits each part with -y itself
-        blocks += [(x, -y, None, f, q) for x, y, _, f, q in blocks]
-    elif reflect:  # the GP fit to -y is the reflected fit: no second fit
-        flip = lambda fs: [kernels.reflect_features(f) for f in fs]  # noqa: E731
-        blocks += [(x, -y, kernels.reflected(whole), kernels.reflect_features(f), flip(q))
-                   for x, y, _, f, q in blocks]
-    chunks = [view(x_pad[:, i:i + chunk]) for i in starts]
-    # with one fit for all, every block's features are known: one batch for all blocks
-    groups = [blocks] if whole is not None else [[b] for b in blocks]
-    h, feats = (torch.cat(z, 1) for z in zip(*[_encode(model, g, chunks, m) for g in groups]))
+    # (the transformer's view of the context, its y, context's and queries' features)
+    blocks = [(view(x), y, f, shared) for (x, y), f in zip(contexts, ctx_feats)]
+    if reflect:  # the GP fit to -y is the fit with its means negated (reflect_features)
+        flip = lambda f: None if f is None else kernels.reflect_features(f)  # noqa: E731
+        blocks += [(x, -y, flip(f), [flip(a) for a in q]) for x, y, f, q in blocks]
+    h, feats = _encode(model, whole, blocks, [view(x_pad[:, i:i + chunk]) for i in starts], m)
     # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
     flat = lambda a: _pad_rows(a.reshape(-1, *a.shape[2:]), chunk)  # noqa: E731
     hc = model.head.project(flat(h))[:, None]  # a draws axis to broadcast
@@ -141,24 +135,28 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     return denoise, var[:n].reshape(x_q.shape[0], len(blocks) * m, 1)
 
 
-def _encode(model, blocks, chunks, m):
+def _encode(model, fit, blocks, chunks, m):
     """Query embeddings and features (B, len(blocks) * m, .), block after block, of the
-    query ``chunks`` (each (B, chunk, F)) against each block (x_ctx, y_ctx, fit, context
+    query ``chunks`` (each (B, chunk, F)) against each block (x_ctx, y_ctx, context
     features, list of the chunks' features) of :func:`make_head_denoise_fn`, in one
     batch: the contexts zero-padded to one length, the padding masked (see
-    :meth:`~skdiffusion.denoiser.SetDenoiser.encode_context`); the fit and the features
-    of the first block serve all (pass one block at a time where they differ)."""
+    :meth:`~skdiffusion.denoiser.SetDenoiser.encode_context`). ``fit``: the baseline's
+    fit that gave every block's features, or None where blocks come without features
+    (each block is then fitted to its own context)."""
     n, B = len(blocks), len(chunks[0])
     k = max(x.shape[1] for x, *_ in blocks)
     pad = lambda a: torch.nn.functional.pad(a, (0, 0) * (a.dim() - 2) + (0, k - a.shape[1]))  # noqa: E731
-    cat = lambda i: None if blocks[0][i] is None else torch.cat([pad(b[i]) for b in blocks])  # noqa: E731
+
+    def cat(parts, padded=True):  # the blocks on the batch axis
+        return None if parts[0] is None else torch.cat([pad(a) if padded else a for a in parts])
+
     real = None
     if any(x.shape[1] < k for x, *_ in blocks):
         rows = torch.arange(k, device=chunks[0].device)
         real = torch.cat([(rows < x.shape[1]).expand(B, -1) for x, *_ in blocks])
-    cache = model.encode_context(cat(0), cat(1), blocks[0][2], cat(3), real)
-    parts = [model.encode_queries(cache, x.repeat(n, 1, 1), None if blocks[0][4][i] is None
-                                  else torch.cat([b[4][i] for b in blocks]))
+    x_ctx, y_ctx, ctx_feats, q_feats = zip(*blocks)
+    cache = model.encode_context(cat(x_ctx), cat(y_ctx), fit, cat(ctx_feats), real)
+    parts = [model.encode_queries(cache, x.repeat(n, 1, 1), cat([q[i] for q in q_feats], False))
              for i, x in enumerate(chunks)]
     # (n * B, m, .) block-major -> (B, n * m, .): each task's blocks on one axis
     return tuple(torch.cat(z, 1)[:, :m].unflatten(0, (n, B)).transpose(0, 1).flatten(1, 2)

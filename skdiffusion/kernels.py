@@ -353,16 +353,11 @@ def fit_gp(x, y, is_context, ard=False):
             "g": g, "relevance": relevance, "het": het}
 
 
-def reflected(fit):
-    """:func:`fit_gp`'s fit to the same context with y negated: every posterior mean
-    changes sign; the hyperparameters, weights and variances depend on y through even
-    functions only (y^T A^-1 y, squared residuals), so they stay as they are."""
-    return {**fit, "kernels": [(U, inv, -z, s2, ll) for U, inv, z, s2, ll in fit["kernels"]]}
-
-
 def reflect_features(features):
-    """:func:`gp_features_at` of the :func:`reflected` fit from those of the fit: the
-    members' means and the mixture's mean change sign."""
+    """:func:`gp_features_at` of :func:`fit_gp`'s fit to the same context with y
+    negated, from those of the fit to y: the members' means and the mixture's mean
+    change sign; the hyperparameters, weights and variances depend on y through even
+    functions only (y^T A^-1 y, squared residuals), so they stay as they are."""
     n = (features.shape[-1] - 2) // 3
     sign = torch.ones(features.shape[-1], dtype=features.dtype, device=features.device)
     sign[:n] = sign[-2] = -1

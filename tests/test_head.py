@@ -209,13 +209,14 @@ def test_contexts_of_different_lengths_encode_as_one_batch(model):
 
 
 @torch.no_grad()
-def test_sampling_encodes_every_part_and_sign_in_one_batch(monkeypatch):
-    """With one baseline fit for the whole context, the sampler encodes all its parts
-    (of unequal lengths) and their reflections in one batch: the samples are those of
-    encoding one part at a time, to float64 rounding."""
+@pytest.mark.parametrize("baseline", ["ridge", "gp"])
+def test_sampling_encodes_every_part_and_sign_in_one_batch(monkeypatch, baseline):
+    """The sampler encodes all the context's parts (of unequal lengths) and their
+    reflections in one batch, each with the whole context's baseline fit (GP) or its own
+    (ridge): the samples are those of encoding one part at a time, to float64 rounding."""
     from skdiffusion import inference
 
-    model = make_model(baseline="gp")
+    model = make_model(baseline=baseline)
     g = torch.Generator().manual_seed(8)
     x = pad_features(torch.randn(1, 23, 4, generator=g, dtype=torch.float64), F)
     y = torch.randn(1, 23, generator=g, dtype=torch.float64)
@@ -224,8 +225,8 @@ def test_sampling_encodes_every_part_and_sign_in_one_batch(monkeypatch):
     noise = draw_noise(11, (3, 1, 5, 4), g, torch.float64)
     batched = inference.sample_context_parts(model, SCHEDULE, parts, q, noise, "ddpm", 10)
     encode = inference._encode
-    monkeypatch.setattr(inference, "_encode", lambda m, blocks, chunks, n: tuple(
-        torch.cat(z, 1) for z in zip(*[encode(m, [b], chunks, n) for b in blocks])))
+    monkeypatch.setattr(inference, "_encode", lambda m, fit, blocks, chunks, n: tuple(
+        torch.cat(z, 1) for z in zip(*[encode(m, fit, [b], chunks, n) for b in blocks])))
     one_by_one = inference.sample_context_parts(model, SCHEDULE, parts, q, noise, "ddpm", 10)
     torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-10)
 
