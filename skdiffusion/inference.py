@@ -62,11 +62,13 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     x_q (B, m, F); y_t has shape (B, n_blocks * m, n_samples), the queries of each
     context in turn: n_blocks = len(contexts), and with ``reflect`` twice that, the
     contexts with y negated following (see :func:`sample_context_parts`). The
-    transformer runs once: each context is encoded, then every
-    query against it in fixed chunks of ``chunk`` (zero-padded), so that its attention
-    has the same shapes whatever the other queries are. Each step then runs only the
-    head, on the queries of all tasks and parts at once, zero-padded to a whole number of
-    chunks (a GEMM over a handful of rows takes other kernels, whose rounding differs)
+    transformer runs once: the contexts are encoded in one batch (zero-padded to one
+    length, the padding masked: :func:`_encode`), then every query against them in fixed
+    chunks of ``chunk`` (zero-padded), so that its attention has the same shapes
+    whatever the other queries are. Each step then runs only the head (in scratch memory
+    kept for the whole chain), on the queries of all tasks and parts at once,
+    zero-padded to a whole number of chunks (a GEMM over a handful of rows takes other
+    kernels, whose rounding differs)
     and in passes of up to ``HEAD_ROWS`` (query, sample) rows (smaller passes measured
     slower: per-call overhead dominates). So in float32 too a query's result does not
     depend on the rest of the call (tested bit for bit, and by scikit-learn's subset and
