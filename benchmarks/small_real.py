@@ -3,11 +3,12 @@
 method is cross-validated (5 folds, the bench's seed) and scored on its pooled
 out-of-fold predictions (per-fold R^2 on 3-4 test rows would be noise): R^2, CRPS (from
 the method's samples where it has them, else its Gaussian), 90 % coverage; the summary is
-the mean R^2 and the geometric mean of CRPS over the ARD GP's.
+the mean R^2 and the geometric mean of CRPS over the ARD GP's. "features alone" is the
+Gaussian baseline that the model's network corrects (the ablation of meta-training).
 
     python benchmarks/small_real.py --out benchmarks/results/small_real.md
     python benchmarks/small_real.py --only sunspots,cancer --methods skdiffusion,"GP (ARD)"
-    python benchmarks/small_real.py --reuse benchmarks/results/small_real.json  # skdiffusion only
+    python benchmarks/small_real.py --reuse benchmarks/results/small_real.json  # the model's rows only
 """
 
 import argparse
@@ -20,6 +21,7 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from skdiffusion.bench.metrics import probabilistic_scores
+from skdiffusion.bench.predictive import FEATURES_ALONE, MODEL_DEPENDENT, features_alone
 from skdiffusion.bench.real import fit_predict_quietly, methods
 
 GP = "GP (ARD)"
@@ -155,7 +157,8 @@ def main(argv=None):
     p.add_argument("--only", help="comma-separated data sets (default: all)")
     p.add_argument("--methods", help="comma-separated methods (default: all but 5-NN)")
     p.add_argument("--params", default="{}", help="JSON keyword arguments of DiffusionICLRegressor")
-    p.add_argument("--reuse", help="JSON of an earlier run: its rows of the other methods are kept")
+    p.add_argument("--reuse", help="JSON of an earlier run: its rows of the methods that do "
+                   "not depend on the model are kept")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--out", help="write the tables here (Markdown) and the rows beside it (.json)")
     args = p.parse_args(argv)
@@ -166,7 +169,8 @@ def main(argv=None):
     unknown = set(sets) - set(DATASETS)
     if unknown:
         p.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATASETS)}")
-    available = methods(json.loads(args.params))
+    params = json.loads(args.params)
+    available = {**methods(params), FEATURES_ALONE: features_alone(params)}
     names = args.methods.split(",") if args.methods else [m for m in available if m != "5-NN"]
     if set(names) - set(available):
         p.error(f"unknown methods {sorted(set(names) - set(available))}; "
@@ -175,7 +179,7 @@ def main(argv=None):
     if args.reuse:
         with open(args.reuse) as f:
             old = {(r["dataset"], r["method"]): r for r in json.load(f)
-                   if r["method"] != "skdiffusion"}
+                   if r["method"] not in MODEL_DEPENDENT}
     rows = []
     for s in sets:
         for m in names:

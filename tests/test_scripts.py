@@ -88,17 +88,19 @@ def test_beyond_training(micro_model, tmp_path):
 def test_small_real(tmp_path):
     out = tmp_path / "small.md"
     run(ROOT / "benchmarks" / "small_real.py", "--only", "longley,stackloss", "--methods",
-        "skdiffusion,BayesianRidge,GP (ARD)", "--threads", 1, "--out", out)
+        "skdiffusion,features alone,BayesianRidge,GP (ARD)", "--threads", 1, "--out", out)
     text = out.read_text()
     assert "| longley | 16 | 6 |" in text and "| stackloss | 21 | 3 |" in text
     rows = json.loads(out.with_suffix(".json").read_text())
-    assert len(rows) == 6 and all(-1 < r["r2"] <= 1 and r["crps"] > 0 for r in rows)
-    gp = [r for r in rows if r["method"] == "GP (ARD)"]
-    again = tmp_path / "again.md"  # reused peers are taken over, skdiffusion is refitted
+    assert len(rows) == 8 and all(-1 < r["r2"] <= 1 and r["crps"] > 0 for r in rows)
+    again = tmp_path / "again.md"  # reused peers are taken over, the model's rows refitted
+    old = out.with_suffix(".json")
+    old.write_text(json.dumps([{**r, "seconds": -1.0} for r in rows]))
     run(ROOT / "benchmarks" / "small_real.py", "--only", "longley,stackloss", "--methods",
-        "skdiffusion,GP (ARD)", "--reuse", out.with_suffix(".json"), "--out", again)
+        "skdiffusion,features alone,GP (ARD)", "--reuse", old, "--out", again)
     rows2 = json.loads(again.with_suffix(".json").read_text())
-    assert [r for r in rows2 if r["method"] == "GP (ARD)"] == gp
+    assert [r["seconds"] for r in rows2 if r["method"] == "GP (ARD)"] == [-1.0, -1.0]
+    assert all(r["seconds"] >= 0 for r in rows2 if r["method"] != "GP (ARD)")
     assert "| mean R^2 |" in again.read_text()
 
 
