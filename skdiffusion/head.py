@@ -218,20 +218,31 @@ class HeadDenoiser(SetDenoiser):
         t = t if torch.is_tensor(t) else torch.full((1,), t, device=like.device)
         return self.head.time_embedding(t, like.dtype)
 
-    def encode(self, x, y, is_context):
-        """Query embeddings (B, N, n_embd) and baseline features of every token, in one
-        masked pass (training); only target tokens' are meaningful."""
-        feats = (kernels.gp_features(x, y, is_context, ard=self._ard) if self._gp
-                 else self._baseline_features(self._baseline_fit(x, y, is_context), x))
+    @torch.no_grad()
+    def features(self, x, y, is_context):
+        """The baseline's features (B, N, .) of every token, fitted to the context tokens
+        of y (the others are not read); they involve no weights, so the training loop
+        computes them ahead, beside the previous step (:func:`~skdiffusion.training.train`)."""
+        y = y * is_context
+        if self._gp:
+            return kernels.gp_features(x, y, is_context, ard=self._ard)
+        return self._baseline_features(self._baseline_fit(x, y, is_context), x)
+
+    def encode(self, x, y, is_context, feats=None):
+        """Query embeddings (B, N, n_embd) and baseline features of every token (given,
+        or computed by :meth:`features`), in one masked pass (training); only target
+        tokens' are meaningful."""
+        feats = self.features(x, y, is_context) if feats is None else feats
         return self._encode(self._embed(x, y, is_context, None, feats), is_context), feats
 
-    def forward(self, x, y, is_context, y_t, t, return_scale=False):
+    def forward(self, x, y, is_context, y_t, t, return_scale=False, feats=None):
         """x (B, N, F); y (B, N) clean (only context entries are read); y_t and t
         (B, N, S): S noised draws per token -> predictions (B, N, S) at target tokens
-        (the head runs on those only; context entries are 0, their scale 1)."""
+        (the head runs on those only; context entries are 0, their scale 1). ``feats``:
+        the :meth:`features` of (x, y, is_context), if already computed."""
         if x.shape[-1] != self.max_features:
             raise ValueError(f"x has {x.shape[-1]} features, denoiser expects {self.max_features}")
-        h, feats = self.encode(x, y * is_context, is_context)
+        h, feats = self.encode(x, y * is_context, is_context, feats)
         target = ~is_context
         hc = self.head.project(h[target])[:, None]
         pred, scale = self.denoise(hc, self.moments(feats[target][:, None]), y_t[target],

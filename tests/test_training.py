@@ -68,6 +68,35 @@ def test_training_is_deterministic_and_learns(tmp_path, make, pairs, gain):
     assert summary["rank_weight_divergence"] == 0.0
 
 
+@pytest.mark.parametrize("make", [spec, ard_spec], ids=["set", "head-ard"])
+def test_prefetching_the_next_step_changes_nothing(make):
+    """The thread that draws the next step's tasks and computes their baseline features
+    beside the current step leaves every weight as the sequential loop does, bit for
+    bit at one torch thread (float sums depend on the thread count, which prefetching
+    halves for the run and then restores), over steps whose task sizes change."""
+    from skdiffusion.pretrained import _prior, train_pairs
+    from skdiffusion.training import train
+
+    s = make(n_steps=7, curriculum_steps=5)
+    threads = torch.get_num_threads()
+
+    def run(prefetch, n_threads):
+        model, schedule = build(s)
+        torch.set_num_threads(n_threads)
+        try:
+            train(model, schedule, _prior(s), TrainConfig(**s["train"]), s["prediction_type"],
+                  verbose=0, pairs=train_pairs(s), prefetch=prefetch)
+            assert torch.get_num_threads() == n_threads
+        finally:
+            torch.set_num_threads(threads)
+        return weights(model)
+
+    sequential = run(False, 1)
+    assert torch.equal(run(True, 1), sequential)
+    assert not torch.equal(sequential, weights(build(s)[0]))  # it trained
+    torch.testing.assert_close(run(True, 2), sequential, rtol=0, atol=1e-4)
+
+
 def test_set_denoiser_takes_one_draw_per_token():
     model, schedule = build(spec())
     batch = sample_tasks(make_prior("linear"), 2, 10, 3, torch.Generator().manual_seed(0))
