@@ -93,7 +93,7 @@ class DiffusionHead(nn.Module):
         the head, without autograd, keeps its three (..., width) intermediates and
         computes in place: the same numbers, without allocating a dozen new tensors of
         rows x width each call (fresh memory's page faults were 40 % of a chain's time:
-        docs/sampling.md, "Scratch memory for the chain")."""
+        docs/sampling.md, "Scratch memory for the chain, one batch for the encoder")."""
         c = F.silu(hc + time)
         if buffers is not None:
             return self._forward_in_place(inputs, c, buffers)
