@@ -23,7 +23,7 @@ def _uniform(shape, g, low=0.0, high=1.0):
 class Linear:
     """y = x.w with w ~ N(0, I_d)."""
 
-    def sample_y(self, X, g):
+    def sample_y(self, X, g, truth=None):  # no hidden law recorded
         w = _randn((X.shape[0], X.shape[2]), g)
         return torch.einsum("bnf,bf->bn", X, w)
 
@@ -118,13 +118,18 @@ def _relevant(X, g, p_irrelevant=0.3):
     return torch.where(keep.sum(1, keepdim=True) > 0, keep, first)
 
 
-def _matrix_sqrt(K, jitter):
-    """A (B, N, N) with A A^T = K + jitter x (mean diagonal + 1) I, in float64: the Cholesky
-    factor, or for the tasks where rounding makes it fail (repeated or huge inputs under a
-    linear kernel), the symmetric square root with negative eigenvalues clipped."""
+def _jittered(K, jitter):
+    """K + jitter x (mean diagonal + 1) I in float64: the covariance a draw is made from."""
     K = K.double()
     scale = K.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] + 1
-    K = K + jitter * scale * torch.eye(K.shape[1], dtype=K.dtype)
+    return K + jitter * scale * torch.eye(K.shape[1], dtype=K.dtype)
+
+
+def _matrix_sqrt(K, jitter):
+    """A (B, N, N) with A A^T = :func:`_jittered` K, in float64: the Cholesky factor, or for
+    the tasks where rounding makes it fail (repeated or huge inputs under a linear kernel),
+    the symmetric square root with negative eigenvalues clipped."""
+    K = _jittered(K, jitter)
     L, info = torch.linalg.cholesky_ex(K)
     bad = info > 0
     if bad.any():
@@ -142,7 +147,8 @@ class GPFunction:
     def __init__(self, p_linear=0.3, jitter=1e-4):
         self.p_linear, self.jitter = p_linear, jitter
 
-    def sample_y(self, X, g):
+    def covariance(self, X, g):
+        """(B, N, N) each task's kernel over its points, its hyperparameters drawn on g."""
         B, N, F = X.shape
         rel = _relevant(X, g)
         d = rel.sum(1, keepdim=True)
@@ -156,8 +162,13 @@ class GPFunction:
         K = use_rbf * rbf + (1 - use_rbf) * matern
         lin = (_uniform((B, 1, 1), g) < self.p_linear).to(X.dtype)
         Xr = X * rel[:, None]
-        K = K + lin * (Xr @ Xr.transpose(1, 2)) / d[..., None]
-        return (_matrix_sqrt(K, self.jitter) @ _randn((B, N, 1), g).double())[..., 0].to(X.dtype)
+        return K + lin * (Xr @ Xr.transpose(1, 2)) / d[..., None]
+
+    def sample_y(self, X, g, truth=None):
+        K = self.covariance(X, g)
+        if truth is not None:
+            truth["cov"] = _jittered(K, self.jitter)
+        return (_matrix_sqrt(K, self.jitter) @ _randn((*X.shape[:2], 1), g).double())[..., 0].to(X.dtype)
 
 
 class MLPFunction:
@@ -166,7 +177,7 @@ class MLPFunction:
 
     ACTIVATIONS = (torch.relu, torch.tanh, torch.sin, torch.nn.functional.gelu)
 
-    def sample_y(self, X, g):
+    def sample_y(self, X, g, truth=None):  # no hidden law recorded
         B, N, F = X.shape
         h = X * _relevant(X, g)[:, None]
         depth = int(torch.randint(1, 4, (1,), generator=g))
@@ -182,7 +193,7 @@ class StepFunction:
     """Sums of 1-6 axis-aligned steps at random thresholds (tree-like, discontinuous),
     with a product of two steps (an interaction) half the time."""
 
-    def sample_y(self, X, g):
+    def sample_y(self, X, g, truth=None):  # no hidden law recorded
         B, N, F = X.shape
         d = _active(X).sum(1).clamp(min=1)
         y = torch.zeros((B, N), dtype=X.dtype)
@@ -205,7 +216,7 @@ class AdditiveFunction:
     def __init__(self, n_frequencies=8):
         self.n_frequencies = n_frequencies
 
-    def sample_y(self, X, g):
+    def sample_y(self, X, g, truth=None):  # no hidden law recorded
         B, N, F = X.shape
         rel = _relevant(X, g)
         Q = self.n_frequencies
@@ -223,27 +234,47 @@ class AdditiveFunction:
 NOISES = ("gaussian", "heteroscedastic", "student_t", "skewed", "bimodal")
 
 
-def add_noise(f, X, g, kind, sigma):
-    """y = f + noise of ``kind`` with scale ``sigma`` (B, 1) (f has unit variance)."""
+def add_noise(f, X, g, kind, sigma, truth=None):
+    """y = f + noise of ``kind`` with scale ``sigma`` (B, 1) (f has unit variance).
+    ``truth``: a dict, if given, that receives the noise law's parameters: "sd" (B, N),
+    each point's scale (its Gaussian's sd; the t's scale; sigma for skewed noise), and
+    "df" (Student t) or "gap" (B, 1) and "branch" (B, N), +-1 (bimodal)."""
     B, N = f.shape
     e = _randn((B, N), g)
+    law = {"sd": sigma.expand(B, N)}
     if kind == "heteroscedastic":  # scale grows along a random direction of x
         direction = _randn((B, X.shape[2], 1), g) * _active(X)[..., None]
         u = (X @ direction)[..., 0] / direction.norm(dim=1).clamp(min=1e-6)
-        return f + sigma * torch.exp(u.clamp(-3, 3)) * e
-    if kind == "student_t":  # sigma x Student t with df uniform in 2..10
-        df = torch.randint(2, 11, (B, 1), generator=g).to(f.dtype)
+        law["sd"] = sigma * torch.exp(u.clamp(-3, 3))
+        y = f + law["sd"] * e
+    elif kind == "student_t":  # sigma x Student t with df uniform in 2..10
+        df = law["df"] = torch.randint(2, 11, (B, 1), generator=g).to(f.dtype)
         chi2 = _gamma(df.expand(B, N) / 2, g) * 2
-        return f + sigma * e / (chi2 / df).sqrt()
-    if kind == "skewed":  # centred log-normal, right or left
+        y = f + sigma * e / (chi2 / df).sqrt()
+    elif kind == "skewed":  # centred log-normal, right or left
         z = torch.exp(0.75 * e)
         sign = torch.where(_uniform((B, 1), g) < 0.5, -1.0, 1.0).to(f.dtype)
-        return f + sigma * sign * (z - z.mean(1, keepdim=True)) / 0.9
-    if kind == "bimodal":  # two branches f +- gap, chosen per point
-        gap = _uniform((B, 1), g, 0.5, 2.0)
-        branch = torch.where(_uniform((B, N), g) < 0.5, -1.0, 1.0).to(f.dtype)
-        return f + gap * branch + sigma * e
-    return f + sigma * e
+        y = f + sigma * sign * (z - z.mean(1, keepdim=True)) / 0.9
+    elif kind == "bimodal":  # two branches f +- gap, chosen per point
+        gap = law["gap"] = _uniform((B, 1), g, 0.5, 2.0)
+        branch = law["branch"] = torch.where(_uniform((B, N), g) < 0.5, -1.0, 1.0).to(f.dtype)
+        y = f + gap * branch + sigma * e
+    else:
+        y = f + sigma * e
+    if truth is not None:
+        truth.update(law)
+    return y
+
+
+def _scatter(truth, sub, rows):
+    """Write the hidden parameters ``sub`` of the tasks ``rows`` into ``truth`` (NaN for
+    the other tasks)."""
+    if truth is None:
+        return
+    for key, value in sub.items():
+        if key not in truth:
+            truth[key] = torch.full((len(rows), *value.shape[1:]), math.nan, dtype=value.dtype)
+        truth[key][rows] = value
 
 
 class Functions:
@@ -271,9 +302,14 @@ class Functions:
         self.noise_kinds, self.noise_p = list(nw), torch.tensor(list(nw.values()), dtype=torch.float64)
         self.noise_range = tuple(noise_range)
 
-    def sample_y(self, X, g):
-        f = self.families.sample_y(X, g)
-        f = (f - f.mean(1, keepdim=True)) / f.std(1, keepdim=True).clamp(min=1e-6)
+    def sample_y(self, X, g, truth=None):
+        """y (B, N); ``truth``: a dict, if given, that receives each task's hidden law: its
+        noise's (:func:`add_noise`), "sigma" (B, 1), "scale" and "shift" (B, 1) (f is the
+        draw minus shift over scale) and, for GP draws, "cov" (B, N, N), the draw's
+        covariance (rows of other tasks NaN)."""
+        f = self.families.sample_y(X, g, truth)
+        shift, scale = f.mean(1, keepdim=True), f.std(1, keepdim=True).clamp(min=1e-6)
+        f = (f - shift) / scale
         lo, hi = (math.log(v) for v in self.noise_range)
         sigma = torch.exp(_uniform((X.shape[0], 1), g, lo, hi)).to(X.dtype)
         kind = torch.multinomial(self.noise_p, X.shape[0], replacement=True, generator=g)
@@ -281,7 +317,11 @@ class Functions:
         for i, name in enumerate(self.noise_kinds):
             rows = kind == i
             if rows.any():
-                out[rows] = add_noise(f[rows], X[rows], g, name, sigma[rows])
+                sub = None if truth is None else {}
+                out[rows] = add_noise(f[rows], X[rows], g, name, sigma[rows], sub)
+                _scatter(truth, sub, rows)
+        if truth is not None:
+            truth.update(sigma=sigma, scale=scale, shift=shift)
         return out
 
     def sample_x(self, B, N, F, g):
@@ -317,13 +357,18 @@ class Mixture:
         w = torch.tensor(weights if weights is not None else [1.0] * len(self.priors))
         self.weights = w / w.sum()
 
-    def sample_y(self, X, g):
+    def sample_y(self, X, g, truth=None):
         choice = torch.multinomial(self.weights, X.shape[0], replacement=True, generator=g)
         y = torch.empty(X.shape[:2], dtype=X.dtype, device=X.device)
         for i, prior in enumerate(self.priors):  # each part draws only its own tasks
             rows = choice == i
             if rows.any():
-                y[rows] = prior.sample_y(X[rows], g).to(X.dtype)
+                if truth is None:
+                    y[rows] = prior.sample_y(X[rows], g).to(X.dtype)
+                else:
+                    sub = {}
+                    y[rows] = prior.sample_y(X[rows], g, sub).to(X.dtype)
+                    _scatter(truth, sub, rows)
         return y
 
 

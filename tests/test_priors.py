@@ -145,3 +145,52 @@ def test_gp_draws_survive_repeated_and_large_inputs():
     assert torch.isfinite(y).all()
     gap = (y[:, 75:] - y[:, :75]).abs().max() / y.abs().max()
     assert gap < 0.05
+
+
+def test_recorded_truth_rebuilds_each_draw_and_changes_nothing():
+    """``truth`` holds the law each task was drawn from: the GP draw, rebuilt from y (noise
+    1e-6) by its shift and scale and whitened by its covariance, is standard normal; and
+    recording leaves every draw as it was."""
+    from skdiffusion.priors import Functions
+
+    prior = Functions(families={"gp": 1.0}, noise_weights={"gaussian": 1.0},
+                      noise_range=(1e-6, 1e-6))
+    X = torch.randn(64, 30, 3, generator=torch.Generator().manual_seed(0))
+    truth = {}
+    y = prior.sample_y(X, torch.Generator().manual_seed(1), truth)
+    assert torch.equal(y, prior.sample_y(X, torch.Generator().manual_seed(1)))
+    draw = (y * truth["scale"] + truth["shift"]).double()
+    z = torch.linalg.solve_triangular(torch.linalg.cholesky(truth["cov"]), draw[..., None],
+                                      upper=False)[..., 0]
+    assert abs(z.mean()) < 0.05 and abs(z.var() - 1) < 0.06          # 1,920 values
+    assert torch.equal(truth["sd"], truth["sigma"].expand(64, 30))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "heteroscedastic", "bimodal"])
+def test_recorded_noise_law_standardizes_the_noise(kind):
+    from scipy import stats
+
+    from skdiffusion.priors import add_noise
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(100, 50, 2, generator=g)
+    truth = {}
+    e = add_noise(torch.zeros(100, 50), X, g, kind, torch.full((100, 1), 0.3), truth)
+    if kind == "bimodal":
+        e = e - truth["gap"] * truth["branch"]
+    z = (e / truth["sd"]).flatten().numpy()
+    assert stats.kstest(z, "norm").pvalue > 0.01
+    if kind == "heteroscedastic":  # the scale varies from point to point
+        assert truth["sd"].std(1).min() > 0
+
+
+def test_recorded_truth_of_a_mixture_of_families():
+    """Tasks of families without a recorded covariance get NaN rows."""
+    from skdiffusion.priors import Functions
+
+    prior = Functions(families={"gp": 0.5, "mlp": 0.5}, noise_weights={"student_t": 1.0})
+    truth = {}
+    prior.sample_y(torch.randn(40, 12, 2, generator=torch.Generator().manual_seed(4)),
+                   torch.Generator().manual_seed(5), truth)
+    gp_rows = ~torch.isnan(truth["cov"]).any(-1).any(-1)
+    assert 0 < gp_rows.sum() < 40 and truth["cov"].shape == (40, 12, 12)
+    assert torch.isin(truth["df"], torch.arange(2.0, 11.0)).all()

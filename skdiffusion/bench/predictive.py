@@ -27,13 +27,14 @@ FAMILIES = tuple(NOISE_OF)
 FEATURES_ALONE = "features alone"
 
 
-def make_function_tasks(family, n_tasks, k, d, n_queries, seed):
+def make_function_tasks(family, n_tasks, k, d, n_queries, seed, truth=None):
     """(X (n, k + q, d), y (n, k + q)) float64: the first k points of each task are its
-    context, the rest its queries."""
+    context, the rest its queries. ``truth``: a dict that receives each task's hidden law
+    (:meth:`skdiffusion.priors.Functions.sample_y`)."""
     g = torch.Generator().manual_seed(seed)
     X = torch.randn((n_tasks, k + n_queries, d), generator=g)
     prior = Functions(families={"gp": 1.0}, noise_weights={NOISE_OF[family]: 1.0})
-    y = prior.sample_y(X, g)
+    y = prior.sample_y(X, g, truth)
     return X.double().numpy(), y.double().numpy()
 
 
