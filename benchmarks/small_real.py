@@ -4,11 +4,16 @@ method is cross-validated (5 folds, the bench's seed) and scored on its pooled
 out-of-fold predictions (per-fold R^2 on 3-4 test rows would be noise): R^2, CRPS (from
 the method's samples where it has them, else its Gaussian), 90 % coverage; the summary is
 the mean R^2 and the geometric mean of CRPS over the ARD GP's. "features alone" is the
-Gaussian baseline that the model's network corrects (the ablation of meta-training).
+Gaussian baseline that the model's network corrects (the ablation of meta-training);
+"the prior's average" (only on request, ``--methods``: minutes) is Bayes' answer for the
+GP draws of the model's prior, by importance sampling over its hyperparameters
+(``family_ceiling.py``): about what a network trained to perfection on them would give.
 
     python benchmarks/small_real.py --out benchmarks/results/small_real.md
     python benchmarks/small_real.py --only sunspots,cancer --methods skdiffusion,"GP (ARD)"
     python benchmarks/small_real.py --reuse benchmarks/results/small_real.json  # the model's rows only
+    python benchmarks/small_real.py --reuse benchmarks/results/small_real.json \
+        --methods "GP (ARD),features alone,the prior's average"
 """
 
 import argparse
@@ -18,6 +23,7 @@ import sys
 import time
 
 import numpy as np
+from family_ceiling import prior_average
 from sklearn.model_selection import KFold
 
 from skdiffusion.bench.metrics import probabilistic_scores
@@ -25,6 +31,7 @@ from skdiffusion.bench.predictive import FEATURES_ALONE, MODEL_DEPENDENT, featur
 from skdiffusion.bench.real import fit_predict_quietly, methods
 
 GP = "GP (ARD)"
+PRIOR_AVERAGE = "the prior's average"  # of its GP draws (family_ceiling.py); minutes, not default
 
 
 def _columns(name, target, features=None, every=1):
@@ -170,8 +177,10 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATASETS)}")
     params = json.loads(args.params)
-    available = {**methods(params), FEATURES_ALONE: features_alone(params)}
-    names = args.methods.split(",") if args.methods else [m for m in available if m != "5-NN"]
+    available = {**methods(params), FEATURES_ALONE: features_alone(params),
+                 PRIOR_AVERAGE: prior_average()}
+    names = (args.methods.split(",") if args.methods
+             else [m for m in available if m not in ("5-NN", PRIOR_AVERAGE)])
     if set(names) - set(available):
         p.error(f"unknown methods {sorted(set(names) - set(available))}; "
                 f"choose from {list(available)}")

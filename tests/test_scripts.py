@@ -52,6 +52,19 @@ def test_bar_ceiling():
     assert "|" in run(ROOT / "benchmarks" / "bar_ceiling.py", "--tasks", 50)
 
 
+def test_family_ceiling(tmp_path):
+    out = tmp_path / "ceiling.md"
+    text = run(ROOT / "benchmarks" / "family_ceiling.py", "--ds", 1, "--ks", "5,8", "--tasks", 2,
+               "--draws", 40, "--samples", 100, "--out", out)
+    table = out.read_text()
+    assert table.strip() in text and "| heteroscedastic | 0." in table   # the geometric means
+    assert table.count("| gp | 1 |") == 2 and table.count("| heteroscedastic | 1 |") == 2
+    cells = json.loads(out.with_suffix(".json").read_text())
+    assert [(c["family"], c["k"]) for c in cells] == [("gp", 5), ("gp", 8), ("heteroscedastic", 5),
+                                                      ("heteroscedastic", 8)]
+    assert all(len(v) == 2 and min(v) > 0 for c in cells for v in c["task_crps"].values())
+
+
 def test_speed(micro_model):
     text = run(ROOT / "benchmarks" / "speed.py", "--head", micro_model, "--repeat", 1,
                "--threads", 1, "--only", "head")  # the set model's timing takes a minute
@@ -88,11 +101,12 @@ def test_beyond_training(micro_model, tmp_path):
 def test_small_real(tmp_path):
     out = tmp_path / "small.md"
     run(ROOT / "benchmarks" / "small_real.py", "--only", "longley,stackloss", "--methods",
-        "skdiffusion,features alone,BayesianRidge,GP (ARD)", "--threads", 1, "--out", out)
+        "skdiffusion,features alone,BayesianRidge,GP (ARD),the prior's average", "--threads", 1,
+        "--out", out)
     text = out.read_text()
     assert "| longley | 16 | 6 |" in text and "| stackloss | 21 | 3 |" in text
     rows = json.loads(out.with_suffix(".json").read_text())
-    assert len(rows) == 8 and all(-1 < r["r2"] <= 1 and r["crps"] > 0 for r in rows)
+    assert len(rows) == 10 and all(-1 < r["r2"] <= 1 and r["crps"] > 0 for r in rows)
     again = tmp_path / "again.md"  # reused peers are taken over, the model's rows refitted
     old = out.with_suffix(".json")
     old.write_text(json.dumps([{**r, "seconds": -1.0} for r in rows]))
