@@ -1,7 +1,7 @@
 """How far below the ARD GP the bench's function families let an estimator go.
 
-The bench's GP-draw and heteroscedastic tasks (``skdiffusion.bench.predictive``) are
-scored here by two answers built from the law that made them, beside the ARD GP (the
+The bench's GP-draw, heteroscedastic and bimodal tasks (``skdiffusion.bench.predictive``)
+are scored here by two answers built from the law that made them, beside the ARD GP (the
 bench's reference, refitted on the same tasks):
 
 * known hyperparameters: Bayes' answer when f's kernel and the noise law of each task
@@ -23,7 +23,10 @@ with the standardized draw's covariance (by Monte Carlo), so that it is Bayes' a
 up to that approximation, a bound from below only approximately; for the second, cheaper,
 with that covariance to first order, (N - 1) P K P / tr(P K P) (P centres over the N
 points), which makes it no less a procedure an estimator could run.
-Bimodal tasks, whose answer sums over 2^k branch assignments, are not covered.
+On bimodal tasks Bayes' answer sums over the 2^k branch assignments of the context, so
+there is no first answer, and the prior's average takes, for each draw, a mean-field
+answer (f and the branches independent under it, fitted by coordinate steps from no
+branch preferred) weighted by its evidence lower bound: no longer Bayes', but still a procedure an estimator could run.
 
 CRPS of the two answers by Monte Carlo from their predictive (``--samples`` draws per
 query); each answer's ratio to the ARD GP's mean CRPS per cell and the geometric mean
@@ -33,7 +36,10 @@ the tasks, and the ARD GP's scores on them, are the bench report's (with more, t
 are other draws: the prior draws its hyperparameters batch by batch).
 
     python benchmarks/family_ceiling.py                    # the bench's 8 tasks per cell
-    python benchmarks/family_ceiling.py --tasks 24 --draws 4000 --out benchmarks/results/family_ceiling.md
+    python benchmarks/family_ceiling.py --tasks 24 --draws 4000 --families gp,heteroscedastic \
+        --out benchmarks/results/family_ceiling.md
+    python benchmarks/family_ceiling.py --tasks 24 --draws 4000 --families bimodal \
+        --out benchmarks/results/family_ceiling_bimodal.md
 
 ``prior_average`` is the second answer as a method of ``small_real.py`` (real data).
 """
@@ -53,7 +59,7 @@ from skdiffusion.bench.real import fit_predict_quietly, methods, score
 from skdiffusion.priors import Functions
 
 SHIFT_VARIANCE = 1e3  # the flat prior on y's shift, as a constant kernel of this variance
-COVERED = ("gp", "heteroscedastic")
+COVERED = ("gp", "heteroscedastic", "bimodal")
 COLUMNS = ("ARD GP", "known hyperparameters", "the prior's average")
 
 
@@ -92,32 +98,83 @@ def student_answer(C, sd, y_context):
     return log_evidence, loc, np.sqrt(np.clip(var, 1e-12, None) * q[:, None] / dof), dof
 
 
+def bimodal_answer(C, sigma, gap, y_context, iters=15):
+    """For y = a (f + gap b + sigma e) + shift, b = +-1 per point with probability 1/2,
+    given the first k = len(y_context) points (standardized): per draw (leading axis S;
+    sigma, gap (S,)) a mean-field answer, q(f) q(b) fitted by iters coordinate steps,
+    with a = (1 + gap^2 + sigma^2)^-1/2 (y's sd over f's) and a flat shift: its evidence
+    lower bound, and at the queries the mean and variance of f and the branches' offset a
+    gap and noise sd a sigma (the answer: 1/2 N(m -+ a gap, v + (a sigma)^2))."""
+    k = len(y_context)
+    a = 1 / np.sqrt(1 + gap ** 2 + sigma ** 2)
+    g, s2 = a * gap, (a * sigma) ** 2
+    K = a[:, None, None] ** 2 * C + SHIFT_VARIANCE
+    Kcc, Kqc = K[:, :k, :k], K[:, k:, :k]
+    Ainv = np.linalg.inv(Kcc + s2[:, None, None] * np.eye(k))
+    mu = np.zeros((len(a), k))                                        # E b under q(b)
+    for _ in range(iters + 1):
+        alpha = np.einsum("sij,sj->si", Ainv, y_context - g[:, None] * mu)
+        m = np.einsum("sij,sj->si", Kcc, alpha)                        # E f under q(f)
+        if _ < iters:
+            mu = np.tanh(g[:, None] * (y_context - m) / s2[:, None])
+    AK = Ainv @ Kcc
+    v = np.diagonal(Kcc - Kcc @ AK, axis1=1, axis2=2)                 # Var f under q(f)
+    resid = (y_context - g[:, None] * mu - m) ** 2 + v + g[:, None] ** 2 * (1 - mu ** 2)
+    expected = -0.5 * k * np.log(2 * np.pi * s2) - 0.5 * resid.sum(1) / s2
+    kl_f = 0.5 * (k - np.trace(AK, axis1=1, axis2=2) + (alpha * m).sum(1) - k
+                  - np.linalg.slogdet(Ainv)[1] - k * np.log(s2))
+    p = np.clip((1 + mu) / 2, 1e-300, 1)
+    q = np.clip((1 - mu) / 2, 1e-300, 1)
+    entropy_b = -(p * np.log(p) + q * np.log(q)).sum(1)
+    elbo = expected - kl_f - k * np.log(2) + entropy_b
+    loc = np.einsum("sqi,si->sq", Kqc, alpha)
+    var = np.diagonal(K[:, k:, k:], axis1=1, axis2=2) - np.einsum("sqi,sij,sqj->sq", Kqc, Ainv, Kqc)
+    return elbo, loc, np.clip(var, 1e-12, None), g, np.sqrt(s2)
+
+
+def _standard(dof, rng, size):
+    """Draws of the standard Student t with dof degrees of freedom (None: Gaussian)."""
+    return rng.standard_normal(size) if dof is None else rng.standard_t(dof, size=size)
+
+
 def crps_student_mixture(y, loc, scale, weights, dof, rng, n_samples):
     """CRPS at each query of the mixture over draws (rows of loc, scale (S, q); weights
-    (S,)) of Student t's, from n_samples draws: E|X - y| - E|X - X'| / 2."""
+    (S,)) of Student t's (dof None: Gaussians), from n_samples draws: E|X - y| - E|X - X'| / 2."""
     comp = rng.choice(len(weights), size=n_samples, p=weights)
-    X = np.sort(loc[comp] + scale[comp] * rng.standard_t(dof, size=(n_samples, 1)), 0)
+    X = np.sort(loc[comp] + scale[comp] * _standard(dof, rng, (n_samples, 1)), 0)
     i = np.arange(1, n_samples + 1)[:, None]
     spread = 2 * ((2 * i - n_samples - 1) * X).sum(0) / (n_samples * (n_samples - 1))
     return np.abs(X - y).mean(0) - spread / 2
 
 
 def hyperprior_answer(family, x, y_context, n_draws, seed, chunk=500):
-    """The prior's average: weights, locations and scales of the Student t answers of
-    n_draws hyperparameter draws of the bench's prior on the inputs x (N, d), and the
-    effective number of draws."""
+    """The prior's average: weights, locations and scales of the mixture's components
+    (Student t's with dof degrees of freedom; for bimodal tasks Gaussians, dof None, two
+    per draw) from n_draws hyperparameter draws of the bench's prior on the inputs x
+    (N, d), dof, and the effective number of draws."""
     prior = Functions(families={"gp": 1.0}, noise_weights={NOISE_OF[family]: 1.0})
     g = torch.Generator().manual_seed(seed)
+    centre, spread = y_context.mean(), y_context.std()
     parts = []
     for n in np.diff(np.r_[0:n_draws:chunk, n_draws]):
         truth = {}
         prior.sample_y(torch.from_numpy(x).expand(int(n), *x.shape), g, truth)
         C = moment_covariance(truth["cov"].numpy())
-        parts.append(student_answer(C, truth["sd"].double().numpy(), y_context))
-    log_evidence, loc, scale = (np.concatenate(p) for p in list(zip(*parts))[:3])
-    w = np.exp(log_evidence - log_evidence.max())
+        if family == "bimodal":
+            sigma, gap = (truth[key].double().numpy()[:, 0] for key in ("sigma", "gap"))
+            parts.append(bimodal_answer(C, sigma, gap, (y_context - centre) / spread))
+        else:
+            parts.append(student_answer(C, truth["sd"].double().numpy(), y_context))
+    log_weight, loc, scale = (np.concatenate(p) for p in list(zip(*parts))[:3])
+    w = np.exp(log_weight - log_weight.max())
     w /= w.sum()
-    return w, loc, scale, parts[0][3], 1 / (w ** 2).sum()
+    n_eff = 1 / (w ** 2).sum()
+    if family != "bimodal":
+        return w, loc, scale, parts[0][3], n_eff
+    offset, noise = (np.concatenate(p)[:, None] for p in list(zip(*parts))[3:])
+    sd = np.sqrt(scale + noise ** 2) * spread                         # scale holds Var f here
+    loc = np.concatenate([loc - offset, loc + offset]) * spread + centre
+    return np.r_[w, w] / 2, loc, np.concatenate([sd, sd]), None, n_eff
 
 
 def prior_average(family="gp", n_draws=2000, n_samples=256, seed=0):
@@ -131,7 +188,7 @@ def prior_average(family="gp", n_draws=2000, n_samples=256, seed=0):
                                                   n_draws, seed, chunk=250)
         rng = np.random.default_rng(seed)
         comp = rng.choice(len(w), size=n_samples, p=w)
-        draws = (loc[comp] + scale[comp] * rng.standard_t(dof, size=(n_samples, 1))).T
+        draws = (loc[comp] + scale[comp] * _standard(dof, rng, (n_samples, 1))).T
         draws = draws * y.std() + y.mean()
         return draws.mean(1), draws.std(1), draws
     return fit_predict
@@ -149,14 +206,22 @@ def cell(family, fi, d, k, args):
     for t in range(args.tasks):
         yc, yq = y[t, :k], y[t, k:]
         out[t, 0] = score(yq, *fit_predict_quietly(gp_fit, X[t, :k], yc, X[t, k:]))["crps"]
-        C = sampled_covariance(truth["cov"][t].numpy(), rng)
-        _, loc, scale, dof = student_answer(C[None], truth["sd"][t:t + 1].double().numpy(), yc)
-        out[t, 1] = crps_student_mixture(yq, loc, scale, np.ones(1), dof, rng, args.samples).mean()
+        out[t, 1] = np.nan                      # bimodal: Bayes' answer sums over 2^k branches
+        if family != "bimodal":
+            C = sampled_covariance(truth["cov"][t].numpy(), rng)
+            _, loc, scale, dof = student_answer(C[None], truth["sd"][t:t + 1].double().numpy(), yc)
+            out[t, 1] = crps_student_mixture(yq, loc, scale, np.ones(1), dof, rng, args.samples).mean()
         w, loc, scale, dof, n_eff = hyperprior_answer(family, X[t], yc, args.draws,
                                                       seed=10_007 * t + 7 * k + d)
         out[t, 2] = crps_student_mixture(yq, loc, scale, w, dof, rng, args.samples).mean()
         ess.append(n_eff)
     return out, float(np.median(ess))
+
+
+def band_text(cells, col, rng):
+    if np.isnan(cells[0][:, col]).any():
+        return "-"
+    return "{:.3f} [{:.3f}, {:.3f}]".format(*geometric_band(cells, col, rng))
 
 
 def geometric_band(cells, col, rng, n_boot=2000):
@@ -198,12 +263,10 @@ def main():
                 records.append({"family": family, "d": d, "k": k, "effective_draws": ess,
                                 "task_crps": dict(zip(COLUMNS, c.T.tolist()))})
                 lines.append(f"| {family} | {d} | {k} | {c[:, 0].mean():.4f} | " + " | ".join(
-                    "{:.3f} [{:.3f}, {:.3f}]".format(*geometric_band([c], col, rng))
-                    for col in (1, 2)) + f" | {ess:.0f} |")
+                    band_text([c], col, rng) for col in (1, 2)) + f" | {ess:.0f} |")
                 print(lines[-1], flush=True)
-        bands = [geometric_band(cells, col, rng) for col in (1, 2)]
-        summary.append(f"| {family} | " + " | ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
-                                                     for m, lo, hi in bands) + " |")
+        summary.append(f"| {family} | " + " | ".join(band_text(cells, col, rng)
+                                                     for col in (1, 2)) + " |")
     text = (f"`python benchmarks/family_ceiling.py {' '.join(sys.argv[1:])}` "
             f"({time.time() - t0:.0f} s): {args.tasks} tasks x {args.queries} queries per "
             f"cell, {args.draws} hyperparameter draws per task; CRPS over the ARD GP's, "

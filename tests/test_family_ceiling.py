@@ -95,3 +95,35 @@ def test_hyperprior_answer_is_a_seeded_weighting_of_its_draws():
     assert w.sum() == pytest.approx(1) and 1 <= n_eff < 300
     again = fc.hyperprior_answer("heteroscedastic", x, y[:10], 300, seed=4, chunk=128)[0]
     assert np.array_equal(w, again)
+
+
+def test_bimodal_answer_without_a_gap_is_the_gaussian_process():
+    """With the branches' gap -> 0 the mean-field answer is exact: its evidence bound is
+    the GP's log marginal likelihood and its query moments the GP posterior's."""
+    rng = np.random.default_rng(5)
+    x = np.sort(rng.normal(size=9))
+    C = _rbf(x, 0.8)[None]
+    y = np.sin(2 * x[:6]) + 0.2 * rng.normal(size=6)
+    sigma, gap = np.array([0.3]), np.array([1e-9])
+    elbo, loc, var, offset, noise = fc.bimodal_answer(C, sigma, gap, y)
+    a2 = 1 / (1 + 0.09)
+    K = a2 * C[0] + fc.SHIFT_VARIANCE
+    A = K[:6, :6] + a2 * 0.09 * np.eye(6)
+    assert elbo[0] == pytest.approx(stats.multivariate_normal(np.zeros(6), A).logpdf(y), abs=1e-6)
+    assert np.allclose(loc[0], K[6:, :6] @ np.linalg.solve(A, y))
+    assert np.allclose(var[0], np.diag(K[6:, 6:] - K[6:, :6] @ np.linalg.solve(A, K[:6, 6:])))
+    assert offset[0] < 1e-8 and noise[0] == pytest.approx(np.sqrt(a2) * 0.3)
+
+
+def test_prior_average_of_bimodal_tasks_has_two_branches():
+    """A smooth curve whose points lie 1.5 above or below it (noise 0.05): at a new point
+    the prior's average puts its mass on the two branches, next to none on the curve."""
+    rng = np.random.default_rng(6)
+    x = np.linspace(-2, 2, 41)[:, None]
+    f = np.sin(1.5 * x[:, 0])
+    y = f + 1.5 * rng.choice([-1.0, 1.0], size=41) + 0.05 * rng.normal(size=41)
+    w, loc, scale, dof, _ = fc.hyperprior_answer("bimodal", x, y[:40], 500, seed=0)
+    assert dof is None and w.sum() == pytest.approx(1) and loc.shape == (1000, 1)
+    density = lambda v: (w * stats.norm.pdf(v, loc[:, 0], scale[:, 0])).sum()  # noqa: E731
+    low, mid, high = (density(f[40] + c) for c in (-1.5, 0.0, 1.5))
+    assert min(low, high) > 1.0 and mid < 1e-3

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +60,12 @@ def test_family_ceiling(tmp_path):
     table = out.read_text()
     assert table.strip() in text and "| heteroscedastic | 0." in table   # the geometric means
     assert table.count("| gp | 1 |") == 2 and table.count("| heteroscedastic | 1 |") == 2
+    assert "| bimodal | - | " in table                  # no known-hyperparameter answer
     cells = json.loads(out.with_suffix(".json").read_text())
-    assert [(c["family"], c["k"]) for c in cells] == [("gp", 5), ("gp", 8), ("heteroscedastic", 5),
-                                                      ("heteroscedastic", 8)]
-    assert all(len(v) == 2 and min(v) > 0 for c in cells for v in c["task_crps"].values())
+    assert [(c["family"], c["k"]) for c in cells] == [(f, k) for f in ("gp", "heteroscedastic", "bimodal")
+                                                      for k in (5, 8)]
+    crps = [v for c in cells for v in c["task_crps"].values()]
+    assert sum(np.isnan(v).all() for v in crps) == 2 and all(min(v) > 0 for v in crps if v[0] == v[0])
 
 
 def test_speed(micro_model):
