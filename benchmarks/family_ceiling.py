@@ -112,15 +112,17 @@ def bimodal_answer(C, sigma, gap, y_context, iters=15):
     Kcc, Kqc = K[:, :k, :k], K[:, k:, :k]
     Ainv = np.linalg.inv(Kcc + s2[:, None, None] * np.eye(k))
     mu = np.zeros((len(a), k))                                        # E b under q(b)
-    for _ in range(iters + 1):
+    for step in range(iters + 1):
         alpha = np.einsum("sij,sj->si", Ainv, y_context - g[:, None] * mu)
         m = np.einsum("sij,sj->si", Kcc, alpha)                        # E f under q(f)
-        if _ < iters:
+        if step < iters:
             mu = np.tanh(g[:, None] * (y_context - m) / s2[:, None])
     AK = Ainv @ Kcc
     v = np.diagonal(Kcc - Kcc @ AK, axis1=1, axis2=2)                 # Var f under q(f)
     resid = (y_context - g[:, None] * mu - m) ** 2 + v + g[:, None] ** 2 * (1 - mu ** 2)
     expected = -0.5 * k * np.log(2 * np.pi * s2) - 0.5 * resid.sum(1) / s2
+    # KL(q(f) || p(f)) = (tr K^-1 V + m' K^-1 m - k + log |K| / |V|) / 2, V = K - K A^-1 K:
+    # tr K^-1 V = k - tr A^-1 K and |K| / |V| = |A| / s2^k
     kl_f = 0.5 * (k - np.trace(AK, axis1=1, axis2=2) + (alpha * m).sum(1) - k
                   - np.linalg.slogdet(Ainv)[1] - k * np.log(s2))
     p = np.clip((1 + mu) / 2, 1e-300, 1)
