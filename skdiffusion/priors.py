@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 
 
+NOISE_RANGE = (0.01, 1.0)  # the noise scale of :class:`Functions`, log-uniform
+
+
 def _randn(shape, g):
     return torch.randn(shape, generator=g)
 
@@ -147,22 +150,42 @@ class GPFunction:
     def __init__(self, p_linear=0.3, jitter=1e-4):
         self.p_linear, self.jitter = p_linear, jitter
 
-    def covariance(self, X, g):
-        """(B, N, N) each task's kernel over its points, its hyperparameters drawn on g."""
+    def hyperparameters(self, X, g):
+        """Each task's kernel, drawn on g: a dict of its relevant columns "rel" (B, F),
+        their number "d" (B, 1), lengthscales "ls" (B, F), "rbf" (B, 1, 1; 1: RBF, 0:
+        Matern-5/2) and "lin" (B, 1, 1; 1: plus the linear kernel). X (B, N, F) is read
+        only for its used columns, so the draws do not depend on N."""
         B, N, F = X.shape
         rel = _relevant(X, g)
         d = rel.sum(1, keepdim=True)
         ls = _gamma(torch.full((B, F), 3.0), g) / 6.0 * d.sqrt()
-        Z = X * rel[:, None] / ls[:, None]
-        r2 = torch.cdist(Z, Z).pow(2)
-        rbf = torch.exp(-0.5 * r2)
-        r = (5 * r2).clamp(min=0).sqrt()
-        matern = (1 + r + r**2 / 3) * torch.exp(-r)
-        use_rbf = (_uniform((B, 1, 1), g) < 0.5).to(X.dtype)
-        K = use_rbf * rbf + (1 - use_rbf) * matern
+        rbf = (_uniform((B, 1, 1), g) < 0.5).to(X.dtype)
         lin = (_uniform((B, 1, 1), g) < self.p_linear).to(X.dtype)
-        Xr = X * rel[:, None]
-        return K + lin * (Xr @ Xr.transpose(1, 2)) / d[..., None]
+        return {"rel": rel, "d": d, "ls": ls, "rbf": rbf, "lin": lin}
+
+    @staticmethod
+    def kernel(h, Xa, Xb):
+        """(B, Na, Nb) the kernels of :meth:`hyperparameters` h between Xa and Xb."""
+        rel = h["rel"][:, None].to(Xa.dtype)
+        Za, Zb = Xa * rel / h["ls"][:, None], Xb * rel / h["ls"][:, None]
+        K = torch.cdist(Za, Zb).pow(2)                         # squared distances
+        rbf, lin = h["rbf"][:, 0, 0] > 0, h["lin"][:, 0, 0] > 0
+        r = (5 * K[~rbf]).clamp(min=0).sqrt()
+        K[~rbf] = (1 + r + r**2 / 3) * torch.exp(-r)           # Matern-5/2
+        K[rbf] = torch.exp(-0.5 * K[rbf])
+        Ra, Rb = Xa[lin] * rel[lin], Xb[lin] * rel[lin]              # plus the linear part
+        K[lin] = K[lin] + (Ra @ Rb.transpose(1, 2)) / h["d"][lin][..., None]
+        return K
+
+    @staticmethod
+    def kernel_diagonal(h, X):
+        """(B, N) the kernels h at each point of X with itself."""
+        Xr = X * h["rel"][:, None].to(X.dtype)
+        return 1 + h["lin"][..., 0] * (Xr * Xr).sum(-1) / h["d"]
+
+    def covariance(self, X, g):
+        """(B, N, N) each task's kernel over its points, its hyperparameters drawn on g."""
+        return self.kernel(self.hyperparameters(X, g), X, X)
 
     def sample_y(self, X, g, truth=None):
         K = self.covariance(X, g)
@@ -286,7 +309,7 @@ class Functions:
     FAMILIES = {"gp": GPFunction, "mlp": MLPFunction, "steps": StepFunction,
                 "additive": AdditiveFunction, "linear": Linear}
 
-    def __init__(self, families=None, noise_weights=None, noise_range=(0.01, 1.0)):
+    def __init__(self, families=None, noise_weights=None, noise_range=NOISE_RANGE):
         fam = dict(families or {"gp": 0.35, "mlp": 0.2, "steps": 0.15, "additive": 0.15,
                                 "linear": 0.15})
         unknown = set(fam) - set(self.FAMILIES)

@@ -147,6 +147,22 @@ def test_gp_draws_survive_repeated_and_large_inputs():
     assert gap < 0.05
 
 
+def test_gp_kernel_between_two_sets_is_the_block_of_the_covariance_over_both():
+    """The hyperparameters do not depend on the number of points, so the kernel between
+    points and the context (the prior's member in skdiffusion.kernels) is the block of
+    the covariance drawn over both, and its diagonal is the covariance's."""
+    from skdiffusion.priors import GPFunction
+
+    X = torch.randn(16, 30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    X[:8, :, 3] = 0                                         # an unused column in half the tasks
+    prior = GPFunction(p_linear=0.5)
+    K = prior.covariance(X, torch.Generator().manual_seed(1))
+    h = prior.hyperparameters(X[:, :12], torch.Generator().manual_seed(1))
+    assert (h["rel"][:8, 3] == 0).all() and h["lin"].std() > 0 and h["rbf"].std() > 0
+    torch.testing.assert_close(GPFunction.kernel(h, X[:, 12:], X[:, :12]), K[:, 12:, :12])
+    torch.testing.assert_close(GPFunction.kernel_diagonal(h, X), K.diagonal(dim1=1, dim2=2))
+
+
 def test_recorded_truth_rebuilds_each_draw_and_changes_nothing():
     """``truth`` holds the law each task was drawn from: the GP draw, rebuilt from y (noise
     1e-6) by its shift and scale and whitened by its covariance, is standard normal; and
