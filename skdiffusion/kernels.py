@@ -28,6 +28,13 @@ the ARD member; in the eigenbasis of D^-1 K D^-1 (D = diag exp(h / 2)) it is the
 ratio-grid fit, with log |D| taken from its log likelihood (heteroscedastic GP draws:
 CRPS / ARD GP 0.962 -> 0.928 with the features alone, docs/functions.md).
 
+``baseline="ard"`` also has the prior's member (PRIOR_MEMBER), on contexts of 2 (d + 1)
+to PRIOR_MAX_K points: the meta-training prior's own GP draws, their hyperparameters averaged
+over draws weighted by evidence rather than fitted. It joins the mixture's mean and
+variance only (the per-kernel features are the other members'), weighted by its evidence
+against theirs (GP draws: CRPS / ARD GP 0.959 -> 0.916 with the features alone; the 21
+small real sets 0.886 -> 0.882; docs/functions.md, "The prior's member").
+
 Everything is computed in each kernel matrix's eigenbasis (one ``eigh`` per task and
 kernel), so the whole ratio grid costs elementwise work only. Non-context tokens are
 masked out: their rows and columns are replaced by -1 on the diagonal, eigenvalues that
@@ -37,6 +44,8 @@ no kernel matrix (positive semi-definite) has, and those eigen-directions are dr
 import math
 
 import torch
+
+from .priors import NOISE_RANGE, GPFunction
 
 LENGTHSCALES = (0.25, 0.5, 1.0, 2.0)  # times sqrt(d), on standardized inputs
 RATIOS = tuple(10 ** (-4 + 5 * i / 15) for i in range(16))  # noise / signal variance, 1e-4..10
@@ -77,6 +86,20 @@ ARD_LINEAR = 0.1
 # HET_PENALTY nats per slope and log(k), and h is clipped to +-HET_CLIP.
 HETERO = True
 HET_PRIOR_VAR, HET_SHARE, HET_CLIP, HET_PENALTY = 1.0, 0.8, 4.0, 0.25
+# The prior's member (``ard=True``, contexts of 2 (d + 1) to PRIOR_MAX_K points, d used
+# columns: in contexts nearer to determined, a line and the prior's GP draws have evidence
+# alike, and the Gaussian of their mixture cost linear tasks 40-70 % more error with the
+# network trained without it, docs/functions.md): the GP draws of
+# the meta-training prior itself (priors.GPFunction: RBF or Matern-5/2, Gamma lengthscales
+# per feature, irrelevant features, at times a linear part; noise log-uniform over
+# NOISE_RANGE), averaged over PRIOR_DRAWS draws of those hyperparameters (the same draws,
+# from PRIOR_SEED, for every context) weighted by their evidence, instead of fitted: with
+# a few points a type-II fit of d lengthscales overfits them, the average does not. It
+# enters the mixture's mean and variance with prior weight PRIOR_SHARE (the other members
+# share the rest) against the others' evidence; the per-kernel features keep the other
+# members only. Draws are kept while their weight is above PRIOR_KEEP of the largest.
+PRIOR_MEMBER = True
+PRIOR_DRAWS, PRIOR_MAX_K, PRIOR_SHARE, PRIOR_SEED, PRIOR_KEEP = 512, 100, 0.5, 0, 1e-10
 
 
 def n_features(ard=False):
@@ -314,6 +337,72 @@ def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     return (*fit[:4], loglik), het
 
 
+def _prior_fit(xc, yc):
+    """The prior's member (PRIOR_MEMBER) fitted to B contexts of k points that use all
+    their F columns, xc (B, k, F), yc (B, k) (standardized; float64): per draw of the
+    prior's kernel (the same PRIOR_DRAWS draws for each context: they depend on F only)
+    and noise sd, a GP whose f is centred over the context and scaled to unit mean variance
+    there (the first-order covariance of a standardized draw), weighted by its profile
+    likelihood (as :func:`_fit_kernel`'s); the member's log evidence (B,) is their mean.
+    Each context keeps the draws whose weight is above PRIOR_KEEP of its largest (the
+    others get weight 0 among the n kept of the context that keeps most)."""
+    B, k, F = xc.shape
+    S = PRIOR_DRAWS
+    g = torch.Generator().manual_seed(PRIOR_SEED)  # the draws on the CPU, the rest on xc's device
+    h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=xc.dtype), g)
+    lo, hi = (math.log(v) for v in NOISE_RANGE)
+    sd = torch.exp(lo + (hi - lo) * torch.rand((S, 1), generator=g, dtype=xc.dtype))
+    h, sd = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device)
+    X = xc[:, None].expand(B, S, k, F).reshape(B * S, k, F)
+    K = GPFunction.kernel({key: v.repeat(B, *[1] * (v.dim() - 1)) for key, v in h.items()},
+                          X, X).view(B, S, k, k)
+    row = K.mean(-1)                                                      # (B, S, k)
+    tot = row.mean(-1)                                                    # (B, S)
+    C = K.sub_(row[..., None]).sub_(row[..., None, :]).add_(tot[..., None, None])
+    scale = (k - 1) / C.diagonal(dim1=-2, dim2=-1).sum(-1).clamp(min=1e-12)
+    A = C.mul_(scale[..., None, None]).add_(INTERCEPT)
+    A.diagonal(dim1=-2, dim2=-1).add_(sd ** 2)
+    L, info = torch.linalg.cholesky_ex(A)
+    a = torch.linalg.solve_triangular(L, yc[:, None, :, None].expand(B, S, k, 1), upper=False)[..., 0]
+    s2 = ((a * a).sum(-1) + PSEUDO) / (k + PSEUDO)
+    loglik = -0.5 * (k * torch.log(s2) + 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1))
+    loglik = torch.where(info == 0, loglik, torch.full_like(loglik, -math.inf))
+    post = torch.softmax(loglik, -1)                                      # (B, S)
+    n = int((post >= PRIOR_KEEP * post.max(-1, keepdim=True).values).sum(-1).max())
+    post, idx = post.topk(n, -1)                                          # (B, n)
+    post = torch.where(post >= PRIOR_KEEP * post[:, :1], post, torch.zeros_like(post))
+    take = lambda t: t[torch.arange(B, device=t.device)[:, None], idx]  # noqa: E731
+    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "sd": sd[idx],
+            "row": take(row), "tot": take(tot), "scale": take(scale), "L": take(L),
+            "a": take(a), "s2": take(s2), "post": post / post.sum(-1, keepdim=True),
+            "evidence": torch.logsumexp(loglik, -1) - math.log(S)}
+
+
+def _prior_moments(pf, x, chunk=2**23):
+    """Mean and second moment (2, B, M) of the prior's member :func:`_prior_fit` at x
+    (B, M, F), ``chunk`` kernel entries at a time."""
+    B, n, k = pf["a"].shape
+    h = {key: v.flatten(0, 1) for key, v in pf["h"].items()}              # (B n, ...)
+    xc = pf["x"][:, None].expand(B, n, k, -1).flatten(0, 1)
+    out = []
+    for xq in x.split(max(1, chunk // (B * n * k)), dim=1):
+        Q = xq.shape[1]
+        Xq = xq[:, None].expand(B, n, Q, -1).flatten(0, 1)
+        Kx = GPFunction.kernel(h, Xq, xc).view(B, n, Q, k)
+        rx = Kx.mean(-1)                                                  # (B, n, Q)
+        tot, scale = pf["tot"][..., None], pf["scale"][..., None]
+        Cx = scale[..., None] * (Kx - rx[..., None] - pf["row"][:, :, None] + tot[..., None])
+        kxx = GPFunction.kernel_diagonal(h, Xq).view(B, n, Q)
+        cxx = scale * (kxx - 2 * rx + tot)
+        Bm = torch.linalg.solve_triangular(pf["L"], (Cx + INTERCEPT).transpose(-1, -2), upper=False)
+        mu = (pf["a"][..., None] * Bm).sum(-2)                             # (B, n, Q)
+        s2 = pf["s2"][..., None]
+        v = (s2 * (cxx + pf["sd"] ** 2 + INTERCEPT - (Bm * Bm).sum(-2))).clamp(min=1e-6 * s2)
+        p = pf["post"][..., None]
+        out.append(torch.stack([(p * mu).sum(1), (p * (v + mu * mu)).sum(1)]))
+    return torch.cat(out, -1)
+
+
 def fit_gp(x, y, is_context, ard=False):
     """Fit every (kernel, ratio) GP to the context tokens of each task.
 
@@ -348,9 +437,41 @@ def fit_gp(x, y, is_context, ard=False):
     loglik = torch.stack([f[4] for f in fits], 1)                        # (B, L, R)
     post = loglik + _log_prior(loglik.shape[1] - int(het is not None), loglik.dtype,
                                loglik.device, het is not None)
+    prior = None
+    if ard and PRIOR_MEMBER:
+        evidence = torch.logsumexp(post.flatten(1), -1) - math.log(len(r))
+        prior = _prior_member(xc, yc, w, k, evidence)
     post = torch.softmax(post.flatten(1), -1).view(loglik.shape)
     return {"x": xc, "w": w, "d": d, "r": r, "kernels": fits, "post": post, "ls": ls,
-            "g": g, "relevance": relevance, "het": het}
+            "g": g, "relevance": relevance, "het": het, "prior": prior}
+
+
+def _prior_member(xc, yc, w, k, evidence, chunk=2**23):
+    """The prior's member fitted to each context of 2 (d + 1) to PRIOR_MAX_K points (d
+    used columns, d >= 1), on its used columns, contexts of equal size and number of used columns
+    together (their draws are the same; at most ``chunk`` kernel entries at a time): a
+    list of (task indices (G,), their used columns (G, F'), :func:`_prior_fit`), and each
+    task's posterior weight of the member (B,) against the other members' log evidence
+    (B,) (0 for the other tasks). Its draws do not depend on padding."""
+    used = _used(xc, w)
+    n_used = used.sum(1)
+    fits, weight = [], torch.zeros_like(evidence)
+    tasks = ((k >= 2 * (n_used + 1)) & (k <= PRIOR_MAX_K) & (n_used > 0)).nonzero()[:, 0]
+    if len(tasks) == 0:
+        return {"fits": fits, "weight": weight}
+    keys = torch.stack([k[tasks].long(), n_used[tasks]], 1)
+    for key in keys.unique(dim=0):
+        group = tasks[(keys == key).all(1)]
+        kk, f = (int(v) for v in key)
+        for rows in group.split(max(1, chunk // (PRIOR_DRAWS * kk * kk))):
+            order = torch.argsort((~(w[rows] > 0)).to(torch.int8), dim=1, stable=True)[:, :kk]
+            cols = torch.argsort((~used[rows]).to(torch.int8), dim=1, stable=True)[:, :f]
+            x = xc[rows[:, None], order].gather(2, cols[:, None].expand(-1, kk, -1))
+            pf = _prior_fit(x, yc[rows[:, None], order])
+            fits.append((rows, cols, pf))
+            logit = pf["evidence"] - evidence[rows] + math.log(PRIOR_SHARE / (1 - PRIOR_SHARE))
+            weight[rows] = torch.sigmoid(logit)
+    return {"fits": fits, "weight": weight}
 
 
 def reflect_features(features):
@@ -405,6 +526,13 @@ def gp_features_at(fit, x):
         weights.append(pj.expand_as(mj))
         mix_m = mix_m + pj * mj
         mix_m2 = mix_m2 + pj * m2j
+    if fit.get("prior") is not None:  # the prior's member joins the mixture's moments
+        for rows, cols, pf in fit["prior"]["fits"]:
+            p = fit["prior"]["weight"][rows][:, None]
+            xr = x[rows].gather(2, cols[:, None].expand(-1, x.shape[1], -1))
+            m, m2 = _prior_moments(pf, xr)
+            mix_m[rows] = (1 - p) * mix_m[rows] + p * m
+            mix_m2[rows] = (1 - p) * mix_m2[rows] + p * m2
     mix_v = (mix_m2 - mix_m * mix_m).clamp(min=1e-8)
     return torch.stack(means + logvars + weights + [mix_m, torch.log(mix_v)], -1)
 
