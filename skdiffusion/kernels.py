@@ -32,8 +32,8 @@ CRPS / ARD GP 0.962 -> 0.928 with the features alone, docs/functions.md).
 to PRIOR_MAX_K points: the meta-training prior's own GP draws, their hyperparameters averaged
 over draws weighted by evidence rather than fitted. It joins the mixture's mean and
 variance only (the per-kernel features are the other members'), weighted by its evidence
-against theirs (GP draws: CRPS / ARD GP 0.959 -> 0.916 with the features alone; the 21
-small real sets 0.886 -> 0.882; docs/functions.md, "The prior's member").
+against theirs (GP draws: CRPS / ARD GP 0.959 -> 0.918 with the features alone; the 21
+small real sets 0.886 -> 0.880; docs/functions.md, "The prior's member").
 
 Everything is computed in each kernel matrix's eigenbasis (one ``eigh`` per task and
 kernel), so the whole ratio grid costs elementwise work only. Non-context tokens are
@@ -448,8 +448,8 @@ def fit_gp(x, y, is_context, ard=False):
 
 def _prior_member(xc, yc, w, k, evidence, chunk=2**23):
     """The prior's member fitted to each context of 2 (d + 1) to PRIOR_MAX_K points (d
-    used columns, d >= 1), on its used columns, contexts of equal size and number of used columns
-    together (their draws are the same; at most ``chunk`` kernel entries at a time): a
+    used columns, d >= 1), on its used columns, contexts of equal size and number of used
+    columns together (their draws are the same; at most ``chunk`` kernel entries at a time): a
     list of (task indices (G,), their used columns (G, F'), :func:`_prior_fit`), and each
     task's posterior weight of the member (B,) against the other members' log evidence
     (B,) (0 for the other tasks). Its draws do not depend on padding."""
@@ -526,7 +526,7 @@ def gp_features_at(fit, x):
         weights.append(pj.expand_as(mj))
         mix_m = mix_m + pj * mj
         mix_m2 = mix_m2 + pj * m2j
-    if fit.get("prior") is not None:  # the prior's member joins the mixture's moments
+    if fit["prior"] is not None:  # the prior's member joins the mixture's moments
         for rows, cols, pf in fit["prior"]["fits"]:
             p = fit["prior"]["weight"][rows][:, None]
             xr = x[rows].gather(2, cols[:, None].expand(-1, x.shape[1], -1))
