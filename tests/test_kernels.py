@@ -706,8 +706,9 @@ def test_prior_member_is_the_evidence_weighted_average_of_its_draws_gps(monkeypa
 def test_prior_member_sharpens_the_gaussian_on_small_gp_draw_contexts(monkeypatch):
     """On 40 GP draws of the meta-training prior (d = 3, k = 10), the model average with
     the prior's member scores a lower mean Gaussian CRPS than without it (fixed seeds; on
-    the bench's families: docs/functions.md); contexts beyond PRIOR_MAX_K points get the
-    features they had without it."""
+    the bench's families: docs/functions.md); contexts of fewer than 2 (d + 1) or more than
+    PRIOR_MAX_K points, and contexts with no used column, get the features they had
+    without it."""
     from skdiffusion.bench.predictive import make_function_tasks
     X, Y = make_function_tasks("gp", 40, 10, 3, 25, 123)
     x = torch.as_tensor(X)
@@ -723,8 +724,10 @@ def test_prior_member_sharpens_the_gaussian_on_small_gp_draw_contexts(monkeypatc
     monkeypatch.setattr(kernels, "PRIOR_MEMBER", True)
     monkeypatch.setattr(kernels, "PRIOR_MAX_K", 9)
     torch.testing.assert_close(gp_features(x, y, c, ard=True)[:, 10:], feats[False], rtol=0, atol=0)
-    monkeypatch.setattr(kernels, "PRIOR_MAX_K", 100)        # and contexts with no used column
-    x0 = torch.zeros_like(x[:2])
+    monkeypatch.setattr(kernels, "PRIOR_MAX_K", 100)
+    seven = torch.arange(35)[None].expand(40, -1) < 7                 # 7 < 2 (3 + 1) points
+    x0, short = torch.zeros_like(x[:2]), gp_features(x, y, seven, ard=True)
     with_member = gp_features(x0, y[:2], c[:2], ard=True)
     monkeypatch.setattr(kernels, "PRIOR_MEMBER", False)
+    torch.testing.assert_close(short, gp_features(x, y, seven, ard=True), rtol=0, atol=0)
     torch.testing.assert_close(with_member, gp_features(x0, y[:2], c[:2], ard=True), rtol=0, atol=0)
