@@ -30,7 +30,8 @@ CRPS / ARD GP 0.962 -> 0.928 with the features alone, docs/functions.md).
 
 ``baseline="ard"`` also has the prior's member (PRIOR_MEMBER), on contexts of 2 (d + 1)
 to PRIOR_MAX_K points: the meta-training prior's own GP draws, their hyperparameters averaged
-over draws weighted by evidence rather than fitted. It joins the mixture's mean and
+over draws weighted by evidence rather than fitted, a quarter of them with the prior's
+heteroscedastic noise. It joins the mixture's mean and
 variance only (the per-kernel features are the other members'), weighted by its evidence
 against theirs (GP draws: CRPS / ARD GP 0.959 -> 0.918 with the features alone; the 21
 small real sets 0.886 -> 0.880; docs/functions.md, "The prior's member").
@@ -98,8 +99,12 @@ HET_PRIOR_VAR, HET_SHARE, HET_CLIP, HET_PENALTY = 1.0, 0.8, 4.0, 0.25
 # enters the mixture's mean and variance with prior weight PRIOR_SHARE (the other members
 # share the rest) against the others' evidence; the per-kernel features keep the other
 # members only. Draws are kept while their weight is above PRIOR_KEEP of the largest.
+# A share PRIOR_HET of the draws have the prior's heteroscedastic noise (sd growing as
+# exp(x.u) along a random unit direction u, priors.add_noise), about its share among the
+# prior's Gaussian and heteroscedastic noise (0.15 / 0.65).
 PRIOR_MEMBER = True
 PRIOR_DRAWS, PRIOR_MAX_K, PRIOR_SHARE, PRIOR_SEED, PRIOR_KEEP = 512, 100, 0.5, 0, 1e-10
+PRIOR_HET = 0.25
 
 
 def n_features(ard=False):
@@ -341,7 +346,7 @@ def _prior_fit(xc, yc):
     """The prior's member (PRIOR_MEMBER) fitted to B contexts of k points that use all
     their F columns, xc (B, k, F), yc (B, k) (standardized; float64): per draw of the
     prior's kernel (the same PRIOR_DRAWS draws for each context: they depend on F only)
-    and noise sd, a GP whose f is centred over the context and scaled to unit mean variance
+    and noise (sd, and for a share PRIOR_HET of the draws a direction), a GP whose f is centred over the context and scaled to unit mean variance
     there (the first-order covariance of a standardized draw), weighted by its profile
     likelihood (as :func:`_fit_kernel`'s); the member's log evidence (B,) is their mean.
     Each context keeps the draws whose weight is above PRIOR_KEEP of its largest (the
@@ -352,7 +357,9 @@ def _prior_fit(xc, yc):
     h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=xc.dtype), g)
     lo, hi = (math.log(v) for v in NOISE_RANGE)
     sd = torch.exp(lo + (hi - lo) * torch.rand((S, 1), generator=g, dtype=xc.dtype))
-    h, sd = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device)
+    u = torch.randn((S, F), generator=g, dtype=xc.dtype)
+    u *= (torch.rand((S, 1), generator=g, dtype=xc.dtype) < PRIOR_HET) / u.norm(dim=1, keepdim=True)
+    h, sd, u = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device), u.to(xc.device)
     X = xc[:, None].expand(B, S, k, F).reshape(B * S, k, F)
     K = GPFunction.kernel({key: v.repeat(B, *[1] * (v.dim() - 1)) for key, v in h.items()},
                           X, X).view(B, S, k, k)
@@ -361,7 +368,7 @@ def _prior_fit(xc, yc):
     C = K.sub_(row[..., None]).sub_(row[..., None, :]).add_(tot[..., None, None])
     scale = (k - 1) / C.diagonal(dim1=-2, dim2=-1).sum(-1).clamp(min=1e-12)
     A = C.mul_(scale[..., None, None]).add_(INTERCEPT)
-    A.diagonal(dim1=-2, dim2=-1).add_(sd ** 2)
+    A.diagonal(dim1=-2, dim2=-1).add_(_prior_noise(sd, u, xc))
     L, info = torch.linalg.cholesky_ex(A)
     a = torch.linalg.solve_triangular(L, yc[:, None, :, None].expand(B, S, k, 1), upper=False)[..., 0]
     s2 = ((a * a).sum(-1) + PSEUDO) / (k + PSEUDO)
@@ -372,10 +379,17 @@ def _prior_fit(xc, yc):
     post, idx = post.topk(n, -1)                                          # (B, n)
     post = torch.where(post >= PRIOR_KEEP * post[:, :1], post, torch.zeros_like(post))
     take = lambda t: t[torch.arange(B, device=t.device)[:, None], idx]  # noqa: E731
-    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "sd": sd[idx],
+    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "sd": sd[idx], "u": u[idx],
             "row": take(row), "tot": take(tot), "scale": take(scale), "L": take(L),
             "a": take(a), "s2": take(s2), "post": post / post.sum(-1, keepdim=True),
             "evidence": torch.logsumexp(loglik, -1) - math.log(S)}
+
+
+def _prior_noise(sd, u, x):
+    """Noise variances (B, S, N) of S draws with noise sd (S, 1) and unit direction u
+    (S, F) (or per task: (B, S, 1), (B, S, F)) at x (B, N, F): sd^2 exp(2 x.u), x.u
+    clipped to +-3, as priors.add_noise's heteroscedastic noise (u = 0: homoscedastic)."""
+    return sd**2 * torch.exp(2 * (x @ u.transpose(-1, -2)).transpose(-1, -2).clamp(-3, 3))
 
 
 def _prior_moments(pf, x, chunk=2**23):
@@ -397,7 +411,8 @@ def _prior_moments(pf, x, chunk=2**23):
         Bm = torch.linalg.solve_triangular(pf["L"], (Cx + INTERCEPT).transpose(-1, -2), upper=False)
         mu = (pf["a"][..., None] * Bm).sum(-2)                             # (B, n, Q)
         s2 = pf["s2"][..., None]
-        v = (s2 * (cxx + pf["sd"] ** 2 + INTERCEPT - (Bm * Bm).sum(-2))).clamp(min=1e-6 * s2)
+        noise = _prior_noise(pf["sd"], pf["u"], xq)
+        v = (s2 * (cxx + noise + INTERCEPT - (Bm * Bm).sum(-2))).clamp(min=1e-6 * s2)
         p = pf["post"][..., None]
         out.append(torch.stack([(p * mu).sum(1), (p * (v + mu * mu)).sum(1)]))
     return torch.cat(out, -1)
