@@ -257,6 +257,12 @@ class AdditiveFunction:
 NOISES = ("gaussian", "heteroscedastic", "student_t", "skewed", "bimodal")
 
 
+def heteroscedastic_scale(u):
+    """The factor exp(u) on the noise sd of heteroscedastic noise at x, u = x . v for the
+    noise's unit direction v, clipped to +-3."""
+    return torch.exp(u.clamp(-3, 3))
+
+
 def add_noise(f, X, g, kind, sigma, truth=None):
     """y = f + noise of ``kind`` with scale ``sigma`` (B, 1) (f has unit variance).
     ``truth``: a dict, if given, that receives the noise law's parameters: "sd" (B, N),
@@ -268,7 +274,7 @@ def add_noise(f, X, g, kind, sigma, truth=None):
     if kind == "heteroscedastic":  # scale grows along a random direction of x
         direction = _randn((B, X.shape[2], 1), g) * _active(X)[..., None]
         u = (X @ direction)[..., 0] / direction.norm(dim=1).clamp(min=1e-6)
-        law["sd"] = sigma * torch.exp(u.clamp(-3, 3))
+        law["sd"] = sigma * heteroscedastic_scale(u)
         y = f + law["sd"] * e
     elif kind == "student_t":  # sigma x Student t with df uniform in 2..10
         df = law["df"] = torch.randint(2, 11, (B, 1), generator=g).to(f.dtype)
