@@ -347,8 +347,9 @@ def _prior_fit(xc, yc):
     their F columns, xc (B, k, F), yc (B, k) (standardized; float64): per draw of the
     prior's kernel (the same PRIOR_DRAWS draws for each context: they depend on F only)
     and noise (sd, and for a share PRIOR_HET of the draws a direction), a GP whose f is
-    centred over the context and scaled to unit mean variance there (the first-order covariance of a standardized draw), weighted by its profile
-    likelihood (as :func:`_fit_kernel`'s); the member's log evidence (B,) is their mean.
+    centred over the context and scaled to unit mean variance there (the first-order
+    covariance of a standardized draw), weighted by its profile likelihood (as
+    :func:`_fit_kernel`'s); the member's log evidence (B,) is their mean.
     Each context keeps the draws whose weight is above PRIOR_KEEP of its largest (the
     others get weight 0 among the n kept of the context that keeps most)."""
     B, k, F = xc.shape

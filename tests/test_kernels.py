@@ -755,5 +755,6 @@ def test_prior_members_heteroscedastic_draws_sharpen_heteroscedastic_contexts(mo
     for het in (share, 0.0):
         monkeypatch.setattr(kernels, "PRIOR_HET", het)
         f = gp_features(x, y, c, ard=True)[:, 20:]
-        crps[het] = _gaussian_crps(y[:, 20:].numpy(), f[..., -2].numpy(), f[..., -1].exp().numpy()).mean()
+        crps[het] = _gaussian_crps(y[:, 20:].numpy(), f[..., -2].numpy(),
+                                   f[..., -1].exp().numpy()).mean()
     assert crps[share] < 0.97 * crps[0.0], crps
