@@ -157,6 +157,19 @@ def gaussian_denoiser(m, s2, abar_t, y_t, prediction_type):
     return {"epsilon": eps, "sample": y0, "v": a * eps - b2.sqrt() * y0}[prediction_type]
 
 
+def mixture_denoiser(mixture, abar_t, y_t, prediction_type):
+    """The exact denoiser for y0 ~ sum_c w_c N(m_c, v_c), ``mixture`` (..., 3, C) with
+    rows w, m, v (components on the last axis): the components' :func:`gaussian_denoiser`
+    weighted by their posterior probabilities given y_t, w_c N(y_t; sqrt(abar_t) m_c,
+    abar_t v_c + 1 - abar_t) normalized."""
+    w, m, v = mixture.unbind(-2)                                          # (..., 1, C)
+    y, abar_c = y_t[..., None], abar_t[..., None]
+    marginal = abar_c * v + 1 - abar_c
+    logp = torch.log(w) - 0.5 * (torch.log(marginal) + (y - abar_c.sqrt() * m) ** 2 / marginal)
+    post = torch.softmax(logp, -1)
+    return (post * gaussian_denoiser(m, v, abar_c, y, prediction_type)).sum(-1)
+
+
 def residual_scale(features, abar_t, prediction_type, cap, var_cap):
     """:func:`gaussian_residual_scale` of the baseline at each token."""
     return gaussian_residual_scale(baseline_moments(features, cap, var_cap)[1], abar_t,

@@ -228,3 +228,29 @@ def test_baseline_variance_is_capped_at_variance_cap(cap):
     s2 = torch.tensor([cap, 1.0])                          # capped; 0.5 * (1 + 1) uncapped
     expected = (s2 / (abar_T * s2 + 1 - abar_T)).sqrt()
     torch.testing.assert_close(scale, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v", "sample"])
+def test_mixture_denoiser_is_the_posterior_mean_by_quadrature(ptype):
+    """For y0 ~ sum_c w_c N(m_c, v_c) and y_t = sqrt(abar) y0 + sqrt(1 - abar) eps, the
+    mixture denoiser is E[target | y_t] with E[y0 | y_t] integrated on a fine grid, at
+    several noise levels and y_t; with one component it is the Gaussian denoiser."""
+    from skdiffusion.denoiser import gaussian_denoiser, mixture_denoiser
+    w, m, v = (torch.tensor(a, dtype=torch.float64) for a in
+               ([0.5, 0.3, 0.2], [-1.0, 0.5, 2.0], [0.3, 0.01, 0.5]))
+    grid = torch.linspace(-10, 10, 400_001, dtype=torch.float64)
+    prior = (w * torch.exp(-0.5 * (grid[:, None] - m) ** 2 / v) / v.sqrt()).sum(-1)
+    y_t = torch.tensor([-2.0, 0.1, 0.6, 1.5], dtype=torch.float64)
+    mixture = torch.stack([w, m, v])[None].expand(4, 3, 3)
+    for abar in (0.99, 0.5, 0.05):
+        a, b2 = abar ** 0.5, 1 - abar
+        like = torch.exp(-0.5 * (y_t[:, None] - a * grid) ** 2 / b2)     # (4, grid)
+        y0 = (like * prior * grid).sum(-1) / (like * prior).sum(-1)
+        eps = (y_t - a * y0) / b2 ** 0.5
+        want = {"sample": y0, "epsilon": eps, "v": a * eps - b2 ** 0.5 * y0}[ptype]
+        abar_t = torch.full((4,), abar, dtype=torch.float64)
+        got = mixture_denoiser(mixture, abar_t, y_t, ptype)
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
+        one = torch.stack([torch.ones(1), m[1:2], v[1:2]]).double()[None].expand(4, 3, 1)
+        torch.testing.assert_close(mixture_denoiser(one, abar_t, y_t, ptype),
+                                   gaussian_denoiser(m[1], v[1], abar_t, y_t, ptype))
