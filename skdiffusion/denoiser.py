@@ -245,8 +245,9 @@ class SetDenoiser(nn.Module):
         return ridge_features_at(fit, x)
 
     def moments(self, feats):
-        """Mean and variance of the Gaussian baseline from its features."""
-        return baseline_moments(feats, self.leverage_cap, self.variance_cap)
+        """Mean and variance of the Gaussian baseline from its features, and None: it is
+        no mixture (as :meth:`~skdiffusion.head.HeadDenoiser.moments` returns)."""
+        return (*baseline_moments(feats, self.leverage_cap, self.variance_cap), None)
 
     @staticmethod
     def _feature_tokens(feats):

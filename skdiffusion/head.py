@@ -12,7 +12,9 @@ identity; RMS norms in place of MAR's LayerNorms, which cost twice as much here)
 
 As in the set denoiser, the head corrects the exact Gaussian denoiser of the in-context
 linear baseline: prediction = baseline + residual scale x head output, the head's last
-layer zero-initialized. The head sees y_t and its standardized deviation from the
+layer zero-initialized. Where the ARD baseline is a mixture of Gaussians (its bimodal
+part), the baseline is the mixture's exact denoiser and the head's correction is scaled
+by the weight of its Gaussian part. The head sees y_t and its standardized deviation from the
 baseline's marginal, (y_t - sqrt(abar_t) m) / sqrt(abar_t s^2 + 1 - abar_t), so its
 inputs are on the unit scale whatever the context.
 
@@ -27,8 +29,8 @@ from torch.nn import functional as F
 
 from . import kernels
 from .denoiser import (RIDGE_LAMBDAS, VARIANCE_CAP, VARIANCE_FLOOR, SetDenoiser,
-                       baseline_moments, gaussian_denoiser, gaussian_residual_scale, mlp,
-                       sinusoidal_embedding)
+                       gaussian_denoiser, gaussian_residual_scale, mlp,
+                       mixture_denoiser, sinusoidal_embedding)
 
 BASELINES = ("ridge", "gp", "ard")
 
@@ -178,7 +180,9 @@ class HeadDenoiser(SetDenoiser):
         return super()._baseline_features(fit, x)
 
     def _feature_tokens(self, feats):
-        return feats if self._gp else super()._feature_tokens(feats)
+        if self._gp:  # the mixture's own columns are the sampler's, not the network's
+            return kernels.network_features(feats, self._ard)
+        return super()._feature_tokens(feats)
 
     def _embed(self, x, y, is_context, t, feats):
         """Token embeddings: clean y on context tokens, no y and no time on queries."""
@@ -187,11 +191,15 @@ class HeadDenoiser(SetDenoiser):
         return self.read_in(torch.cat([x, (y * flag)[..., None], flag[..., None], extra], -1))
 
     def moments(self, feats):
-        """Mean and variance (..., 1) of the Gaussian baseline from its features
-        (..., 1, n); they depend on the context only, so samplers compute them once."""
+        """Mean and variance (..., 1) of the baseline from its features (..., 1, n), and
+        the baseline as a mixture of Gaussians (..., 1, 3, C) where it is one (the ARD
+        baseline's bimodal part, :func:`~skdiffusion.kernels.gp_mixture`; else None);
+        they depend on the context only, so samplers compute them once."""
         if self._gp:
-            return kernels.gp_moments(feats, VARIANCE_FLOOR, self.variance_cap)
-        return baseline_moments(feats, self.leverage_cap, self.variance_cap)
+            mixture = (kernels.gp_mixture(feats, VARIANCE_FLOOR, self.variance_cap)
+                       if self._ard else None)
+            return (*kernels.gp_moments(feats, VARIANCE_FLOOR, self.variance_cap), mixture)
+        return super().moments(feats)
 
     def denoise(self, hc, moments, y_t, t, time=None, gate=None, return_scale=False,
                 buffers=None):
@@ -200,8 +208,10 @@ class HeadDenoiser(SetDenoiser):
         :meth:`moments`, broadcast over the draws axis; ``t`` is (..., S) or one int step
         for all, whose ``time`` embedding may be passed precomputed. ``gate`` (..., 1), 0
         or 1 per query, multiplies the head's correction (0: the baseline's exact
-        denoiser); ``buffers``: see :meth:`DiffusionHead.forward`."""
-        m, s2 = moments
+        denoiser); ``buffers``: see :meth:`DiffusionHead.forward`. The head sees y_t
+        against the baseline's mean and variance and corrects its exact denoiser, that of
+        its mixture where it has one."""
+        m, s2, mixture = moments
         abar_t = self.abar.to(y_t.dtype)[torch.as_tensor(t, device=y_t.device)]
         if time is None:
             time = self.time_embedding(t, y_t)
@@ -209,8 +219,12 @@ class HeadDenoiser(SetDenoiser):
         out = self.head(torch.stack([y_t, z], dim=-1), hc, time, buffers)
         if gate is not None:
             out = out * gate
+        if mixture is not None:  # trained on Gaussian baselines: it corrects their part
+            out = out * mixture[..., 0, 0]
         scale = gaussian_residual_scale(s2, abar_t, self.prediction_type)
-        pred = scale * out + gaussian_denoiser(m, s2, abar_t, y_t, self.prediction_type)
+        base = (gaussian_denoiser(m, s2, abar_t, y_t, self.prediction_type) if mixture is None
+                else mixture_denoiser(mixture, abar_t, y_t, self.prediction_type))
+        pred = scale * out + base
         return (pred, scale) if return_scale else pred
 
     def time_embedding(self, t, like):

@@ -118,7 +118,8 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     # the head sees queries, not tasks: all of them on one axis, zero-padded to whole chunks
     flat = lambda a: _pad_rows(a.reshape(-1, *a.shape[2:]), chunk)  # noqa: E731
     hc = model.head.project(flat(h))[:, None]  # a draws axis to broadcast
-    mean, var = model.moments(flat(feats)[:, None])
+    moments = model.moments(flat(feats)[:, None])
+    var = moments[1]
     near = ~extrapolated(view(torch.cat([x for x, _ in contexts], 1)), view(x_q))  # (B, m)
     gate = flat(near[:, None].expand(-1, len(blocks), -1).reshape(len(x_q), -1, 1)).to(var.dtype)
 
@@ -128,8 +129,8 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
         time = model.time_embedding(t, y_t)  # once per step
         y = flat(y_t)
         n = max(1, HEAD_ROWS // (y.shape[-1] * chunk)) * chunk  # queries per head pass
-        out = torch.cat([model.denoise(hc[i:i + n], (mean[i:i + n], var[i:i + n]), y[i:i + n],
-                                       t, time, gate[i:i + n], buffers=buffers)
+        out = torch.cat([model.denoise(hc[i:i + n], [a if a is None else a[i:i + n] for a in moments],
+                                       y[i:i + n], t, time, gate[i:i + n], buffers=buffers)
                          for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 
@@ -292,9 +293,11 @@ def linear_fallback(model, x_ctx, y_ctx, x_q, samples, z):
 
 
 def baseline_predictive(model, x_ctx, y_ctx, x_q):
-    """Mean and variance (B, m) of the Gaussian baseline the network corrects (its
-    closed-form features alone: the ablation of everything meta-training learned), for
-    standardized, padded x_ctx (B, k, F), y_ctx (B, k) and x_q (B, m, F)."""
+    """Mean and variance (B, m) of the baseline the network corrects (its closed-form
+    features alone: the ablation of everything meta-training learned), and the baseline
+    as a mixture of Gaussians (B, m, 3, C) where it is one (else None; see
+    :meth:`~skdiffusion.head.HeadDenoiser.moments`), for standardized, padded x_ctx
+    (B, k, F), y_ctx (B, k) and x_q (B, m, F)."""
     is_ctx = torch.ones(y_ctx.shape, dtype=torch.bool, device=y_ctx.device)
     return model.moments(model._baseline_features(model._baseline_fit(x_ctx, y_ctx, is_ctx), x_q))
 

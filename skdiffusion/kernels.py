@@ -34,7 +34,11 @@ over draws weighted by evidence rather than fitted, a quarter of them with the p
 heteroscedastic noise. It joins the mixture's mean and variance only (the per-kernel
 features are the other members'), weighted by its evidence against theirs (CRPS / ARD GP
 with the features alone: GP draws 0.959 -> 0.921, heteroscedastic 0.928 -> 0.878, the 21
-small real sets 0.886 -> 0.878; docs/functions.md, "The prior's member").
+small real sets 0.886 -> 0.878; docs/functions.md, "The prior's member"). Further draws
+of it have the prior's bimodal noise (two branches f +- gap), fitted mean-field; where
+they have weight the baseline is a mixture of Gaussians, the rest of the average and
+their two branches (MIXTURE_COLUMNS, :func:`gp_mixture`), whose exact denoiser the
+network corrects (bimodal GP draws: 0.946 -> 0.911 with the features alone).
 
 Everything is computed in each kernel matrix's eigenbasis (one ``eigh`` per task and
 kernel), so the whole ratio grid costs elementwise work only. Non-context tokens are
@@ -105,11 +109,38 @@ HET_PRIOR_VAR, HET_SHARE, HET_CLIP, HET_PENALTY = 1.0, 0.8, 4.0, 0.25
 PRIOR_MEMBER = True
 PRIOR_DRAWS, PRIOR_MAX_K, PRIOR_SHARE, PRIOR_SEED, PRIOR_KEEP = 512, 100, 0.5, 0, 1e-10
 PRIOR_HET = 0.25
+# Besides them, PRIOR_BIMODAL_DRAWS draws have the prior's bimodal noise (priors.add_noise:
+# y = f + gap b + sd e, b = +-1 per point, gap uniform in BIMODAL_GAP): their posterior
+# over f and the branches b is mean-field (q(f) q(b), BIMODAL_ITERS coordinate steps) and
+# their evidence its lower bound; they have prior weight PRIOR_BIMODAL within the member.
+# Their predictive, two Gaussians f +- gap, is a component of the baseline's mixture of its
+# own (MIXTURE_COLUMNS, :func:`gp_mixture`), dropped where its weight is below MIXTURE_MIN.
+PRIOR_BIMODAL, PRIOR_BIMODAL_DRAWS, BIMODAL_ITERS, BIMODAL_GAP = 0.25, 256, 15, (0.5, 2.0)
+MIXTURE_MIN = 1e-4
+# the ARD baseline's columns before the mixture's mean and log variance: the bimodal
+# part's weight w; the rest's mean and log variance; the bimodal part's mean, log
+# variance and offset (its two components m -+ offset)
+MIXTURE_COLUMNS = 6
 
 
 def n_features(ard=False):
-    """Feature count of :func:`gp_features_at`: 3 per kernel, 2 for the mixture."""
+    """Feature count of :func:`gp_features_at` that the network reads (:func:`network_features`):
+    3 per kernel, 2 for the mixture."""
     return 3 * (N_KERNELS + int(ard)) + 2
+
+
+def n_columns(ard=False):
+    """Column count of :func:`gp_features_at`: :func:`n_features`, and with ``ard`` the
+    MIXTURE_COLUMNS of :func:`gp_mixture` before the mixture's mean and log variance."""
+    return n_features(ard) + MIXTURE_COLUMNS * int(ard)
+
+
+def network_features(features, ard=False):
+    """The columns of :func:`gp_features_at` that the network reads (without the ARD
+    baseline's MIXTURE_COLUMNS)."""
+    if not ard:
+        return features
+    return torch.cat([features[..., :n_features(ard) - 2], features[..., -2:]], -1)
 
 
 def _used(x, w):
@@ -342,6 +373,52 @@ def _het_member(K, yc, w, k, r, d, ard_fit, xc):
     return (*fit[:4], loglik), het
 
 
+def _centred_kernel(h, xc):
+    """The S kernels h (dict of (S, ...)) over each context xc (B, k, F), f centred over
+    the context and scaled to unit mean variance there: (C (B, S, k, k), and the kernel's
+    row means (B, S, k), their mean and the scale (B, S) for :func:`_centred_cross`)."""
+    B, k, F = xc.shape
+    S = len(h["d"])
+    X = xc[:, None].expand(B, S, k, F).reshape(B * S, k, F)
+    K = GPFunction.kernel({key: v.repeat(B, *[1] * (v.dim() - 1)) for key, v in h.items()},
+                          X, X).view(B, S, k, k)
+    row = K.mean(-1)                                                      # (B, S, k)
+    tot = row.mean(-1)                                                    # (B, S)
+    C = K.sub_(row[..., None]).sub_(row[..., None, :]).add_(tot[..., None, None])
+    scale = (k - 1) / C.diagonal(dim1=-2, dim2=-1).sum(-1).clamp(min=1e-12)
+    return C.mul_(scale[..., None, None]), row, tot, scale
+
+
+def _centred_cross(fit, xq):
+    """:func:`_centred_kernel`'s covariances between queries xq (B, Q, F) and the context
+    (B, n, Q, k), and at the queries (B, n, Q), for the n kept draws of ``fit``."""
+    B, n, k = fit["row"].shape
+    h = {key: v.flatten(0, 1) for key, v in fit["h"].items()}            # (B n, ...)
+    xc = fit["x"][:, None].expand(B, n, k, -1).flatten(0, 1)
+    Xq = xq[:, None].expand(B, n, xq.shape[1], -1).flatten(0, 1)
+    Kx = GPFunction.kernel(h, Xq, xc).view(B, n, -1, k)
+    rx = Kx.mean(-1)                                                      # (B, n, Q)
+    tot, scale = fit["tot"][..., None], fit["scale"][..., None]
+    Cx = scale[..., None] * (Kx - rx[..., None] - fit["row"][:, :, None] + tot[..., None])
+    kxx = GPFunction.kernel_diagonal(h, Xq).view(B, n, -1)
+    return Cx, scale * (kxx - 2 * rx + tot)
+
+
+def _keep(loglik):
+    """Posterior weights (B, n) of the n draws whose weight is above PRIOR_KEEP of the
+    largest in some context (the others of a context get weight 0), and their indices."""
+    post = torch.softmax(loglik, -1)                                      # (B, S)
+    n = int((post >= PRIOR_KEEP * post.max(-1, keepdim=True).values).sum(-1).max())
+    post, idx = post.topk(n, -1)                                          # (B, n)
+    post = torch.where(post >= PRIOR_KEEP * post[:, :1], post, torch.zeros_like(post))
+    return post / post.sum(-1, keepdim=True), idx
+
+
+def _take(t, idx):
+    """The rows idx (B, n) of each context's draws t (B, S, ...)."""
+    return t[torch.arange(len(idx), device=t.device)[:, None], idx]
+
+
 def _prior_fit(xc, yc):
     """The prior's member (PRIOR_MEMBER) fitted to B contexts of k points that use all
     their F columns, xc (B, k, F), yc (B, k) (standardized; float64): per draw of the
@@ -349,9 +426,11 @@ def _prior_fit(xc, yc):
     and noise (sd, and for a share PRIOR_HET of the draws a direction), a GP whose f is
     centred over the context and scaled to unit mean variance there (the first-order
     covariance of a standardized draw), weighted by its profile likelihood (as
-    :func:`_fit_kernel`'s); the member's log evidence (B,) is their mean.
-    Each context keeps the draws whose weight is above PRIOR_KEEP of its largest (the
-    others get weight 0 among the n kept of the context that keeps most)."""
+    :func:`_fit_kernel`'s); the member's log evidence (B,) is their mean. With
+    PRIOR_BIMODAL, :func:`_bimodal_fit`'s draws join them: "pi" (B,) is their posterior
+    weight within the member, and the evidence grows by the log of the mixture of the two
+    kinds' evidence (full log likelihoods) over that of the Gaussian draws alone.
+    Each context keeps the draws whose weight is above PRIOR_KEEP of its largest."""
     B, k, F = xc.shape
     S = PRIOR_DRAWS
     g = torch.Generator().manual_seed(PRIOR_SEED)  # the draws on the CPU, the rest on xc's device
@@ -361,29 +440,82 @@ def _prior_fit(xc, yc):
     u = torch.randn((S, F), generator=g, dtype=xc.dtype)
     u *= (torch.rand((S, 1), generator=g, dtype=xc.dtype) < PRIOR_HET) / u.norm(dim=1, keepdim=True)
     h, sd, u = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device), u.to(xc.device)
-    X = xc[:, None].expand(B, S, k, F).reshape(B * S, k, F)
-    K = GPFunction.kernel({key: v.repeat(B, *[1] * (v.dim() - 1)) for key, v in h.items()},
-                          X, X).view(B, S, k, k)
-    row = K.mean(-1)                                                      # (B, S, k)
-    tot = row.mean(-1)                                                    # (B, S)
-    C = K.sub_(row[..., None]).sub_(row[..., None, :]).add_(tot[..., None, None])
-    scale = (k - 1) / C.diagonal(dim1=-2, dim2=-1).sum(-1).clamp(min=1e-12)
-    A = C.mul_(scale[..., None, None]).add_(INTERCEPT)
+    C, row, tot, scale = _centred_kernel(h, xc)
+    A = C.add_(INTERCEPT)
     A.diagonal(dim1=-2, dim2=-1).add_(_prior_noise(sd, u, xc))
     L, info = torch.linalg.cholesky_ex(A)
     a = torch.linalg.solve_triangular(L, yc[:, None, :, None].expand(B, S, k, 1), upper=False)[..., 0]
-    s2 = ((a * a).sum(-1) + PSEUDO) / (k + PSEUDO)
+    q = (a * a).sum(-1)
+    s2 = (q + PSEUDO) / (k + PSEUDO)
     loglik = -0.5 * (k * torch.log(s2) + 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1))
     loglik = torch.where(info == 0, loglik, torch.full_like(loglik, -math.inf))
-    post = torch.softmax(loglik, -1)                                      # (B, S)
-    n = int((post >= PRIOR_KEEP * post.max(-1, keepdim=True).values).sum(-1).max())
-    post, idx = post.topk(n, -1)                                          # (B, n)
-    post = torch.where(post >= PRIOR_KEEP * post[:, :1], post, torch.zeros_like(post))
-    take = lambda t: t[torch.arange(B, device=t.device)[:, None], idx]  # noqa: E731
-    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "sd": sd[idx], "u": u[idx],
-            "row": take(row), "tot": take(tot), "scale": take(scale), "L": take(L),
-            "a": take(a), "s2": take(s2), "post": post / post.sum(-1, keepdim=True),
-            "evidence": torch.logsumexp(loglik, -1) - math.log(S)}
+    post, idx = _keep(loglik)
+    take = lambda t: _take(t, idx)  # noqa: E731
+    evidence = torch.logsumexp(loglik, -1) - math.log(S)
+    out = {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "sd": sd[idx], "u": u[idx],
+           "row": take(row), "tot": take(tot), "scale": take(scale), "L": take(L),
+           "a": take(a), "s2": take(s2), "post": post, "evidence": evidence}
+    if PRIOR_BIMODAL > 0:
+        full = loglik - 0.5 * (k * math.log(2 * math.pi) + q / s2)       # with its constants
+        full = torch.logsumexp(full, -1) - math.log(S)
+        out["bimodal"] = bimodal = _bimodal_fit(xc, yc, g)
+        both = torch.logaddexp(math.log(1 - PRIOR_BIMODAL) + full,
+                               math.log(PRIOR_BIMODAL) + bimodal["evidence"])
+        out["pi"] = torch.exp(math.log(PRIOR_BIMODAL) + bimodal["evidence"] - both)
+        out["evidence"] = evidence + both - full
+    return out
+
+
+def _bimodal_fit(xc, yc, g):
+    """PRIOR_BIMODAL_DRAWS draws of the prior's GP with bimodal noise (their kernels, sd
+    and gap drawn on g), fitted to each context xc (B, k, F), yc (B, k) standardized:
+    y = a (f + gap b + sd e) + c, f centred and scaled as in :func:`_centred_kernel`,
+    a = (1 + gap^2 + sd^2)^-1/2 (y's sd over f's; a flat constant c of variance
+    INTERCEPT), b = +-1 per point with probability 1/2. The posterior q(f) q(b) is
+    mean-field: E b = tanh(a gap (y - E f) / (a sd)^2), q(f) the GP posterior given
+    y - a gap E b; its evidence lower bound weights each draw (the answer of
+    benchmarks/family_ceiling.py's bimodal ceiling, with which it is tested to agree)."""
+    B, k, F = xc.shape
+    S = PRIOR_BIMODAL_DRAWS
+    h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=xc.dtype), g)
+    lo, hi = (math.log(v) for v in NOISE_RANGE)
+    sd = torch.exp(lo + (hi - lo) * torch.rand((S,), generator=g, dtype=xc.dtype))
+    gap = BIMODAL_GAP[0] + (BIMODAL_GAP[1] - BIMODAL_GAP[0]) * torch.rand((S,), generator=g,
+                                                                          dtype=xc.dtype)
+    h, sd, gap = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device), gap.to(xc.device)
+    a2 = 1 / (1 + gap**2 + sd**2)
+    noise, offset = a2 * sd**2, a2.sqrt() * gap                           # (S,)
+    C, row, tot, scale = _centred_kernel(h, xc)
+    A = C.mul_(a2[:, None, None]).add_(INTERCEPT)                         # the prior of f
+    A.diagonal(dim1=-2, dim2=-1).add_(noise[:, None])
+    L, info = torch.linalg.cholesky_ex(A)
+    Ainv = torch.cholesky_inverse(L)
+    y = yc[:, None].expand(B, S, k)
+    n, o = noise[:, None], offset[:, None]
+    mu = torch.zeros_like(y)                                              # E b
+    for step in range(BIMODAL_ITERS + 1):
+        r = y - o * mu
+        alpha = (Ainv @ r[..., None])[..., 0]
+        m = r - n * alpha                                                 # E f = (A - noise I) alpha
+        if step < BIMODAL_ITERS:
+            mu = torch.tanh(o * (y - m) / n)
+    dA = Ainv.diagonal(dim1=-2, dim2=-1)
+    v = n - n**2 * dA                                                     # Var f
+    resid = ((y - o * mu - m) ** 2 + v + o**2 * (1 - mu**2)).sum(-1)
+    expected = -0.5 * k * torch.log(2 * math.pi * noise) - 0.5 * resid / noise
+    # KL(q(f) || p(f)) with K = A - noise I, V = K - K A^-1 K = noise I - noise^2 A^-1
+    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    kl = 0.5 * (noise * dA.sum(-1) + (alpha * m).sum(-1) - k + logdet - k * torch.log(noise))
+    p, q = ((1 + mu) / 2).clamp(min=1e-300), ((1 - mu) / 2).clamp(min=1e-300)
+    entropy = -(p * p.log() + q * q.log()).sum(-1)
+    elbo = expected - kl - k * math.log(2) + entropy
+    elbo = torch.where(info == 0, elbo, torch.full_like(elbo, -math.inf))
+    post, idx = _keep(elbo)
+    take = lambda t: _take(t, idx)  # noqa: E731
+    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "a2": a2[idx],
+            "noise": noise[idx], "offset": offset[idx], "row": take(row), "tot": take(tot),
+            "scale": take(scale), "L": take(L), "alpha": take(alpha), "post": post,
+            "evidence": torch.logsumexp(elbo, -1) - math.log(S)}
 
 
 def _prior_noise(sd, u, x):
@@ -394,21 +526,16 @@ def _prior_noise(sd, u, x):
 
 
 def _prior_moments(pf, x, chunk=2**23):
-    """Mean and second moment (2, B, M) of the prior's member :func:`_prior_fit` at x
-    (B, M, F), ``chunk`` kernel entries at a time."""
+    """At x (B, M, F), the prior's member :func:`_prior_fit`: the mean and second moment
+    (2, B, M) of its Gaussian draws and, with its bimodal draws, their two branches' mean,
+    variance and offset from it (3, B, M) (None without them), ``chunk`` kernel entries
+    at a time."""
     B, n, k = pf["a"].shape
-    h = {key: v.flatten(0, 1) for key, v in pf["h"].items()}              # (B n, ...)
-    xc = pf["x"][:, None].expand(B, n, k, -1).flatten(0, 1)
-    out = []
-    for xq in x.split(max(1, chunk // (B * n * k)), dim=1):
-        Q = xq.shape[1]
-        Xq = xq[:, None].expand(B, n, Q, -1).flatten(0, 1)
-        Kx = GPFunction.kernel(h, Xq, xc).view(B, n, Q, k)
-        rx = Kx.mean(-1)                                                  # (B, n, Q)
-        tot, scale = pf["tot"][..., None], pf["scale"][..., None]
-        Cx = scale[..., None] * (Kx - rx[..., None] - pf["row"][:, :, None] + tot[..., None])
-        kxx = GPFunction.kernel_diagonal(h, Xq).view(B, n, Q)
-        cxx = scale * (kxx - 2 * rx + tot)
+    bf = pf.get("bimodal")
+    n_all = n + (0 if bf is None else bf["post"].shape[1])
+    out, branches = [], []
+    for xq in x.split(max(1, chunk // (B * n_all * k)), dim=1):
+        Cx, cxx = _centred_cross(pf, xq)
         Bm = torch.linalg.solve_triangular(pf["L"], (Cx + INTERCEPT).transpose(-1, -2), upper=False)
         mu = (pf["a"][..., None] * Bm).sum(-2)                             # (B, n, Q)
         s2 = pf["s2"][..., None]
@@ -416,7 +543,25 @@ def _prior_moments(pf, x, chunk=2**23):
         v = (s2 * (cxx + noise + INTERCEPT - (Bm * Bm).sum(-2))).clamp(min=1e-6 * s2)
         p = pf["post"][..., None]
         out.append(torch.stack([(p * mu).sum(1), (p * (v + mu * mu)).sum(1)]))
-    return torch.cat(out, -1)
+        if bf is not None:
+            branches.append(_bimodal_moments(bf, xq))
+    return torch.cat(out, -1), (None if bf is None else torch.cat(branches, -1))
+
+
+def _bimodal_moments(bf, xq):
+    """The two branches of :func:`_bimodal_fit`'s draws at xq (B, Q, F), f's mean -+ the
+    offset a gap: their mean, variance (each branch's, over the draws) and offset (3, B, Q)."""
+    Cx, cxx = _centred_cross(bf, xq)
+    a2 = bf["a2"][..., None]                                              # (B, n, 1)
+    Kx = a2[..., None] * Cx + INTERCEPT
+    mf = (Kx * bf["alpha"][:, :, None]).sum(-1)                           # (B, n, Q)
+    Bm = torch.linalg.solve_triangular(bf["L"], Kx.transpose(-1, -2), upper=False)
+    vf = (a2 * cxx + INTERCEPT - (Bm * Bm).sum(-2)).clamp(min=0)
+    p = bf["post"][..., None]
+    o = bf["offset"][..., None].expand_as(mf)
+    mean, offset = (p * mf).sum(1), (p * o).sum(1)
+    var = (p * (vf + bf["noise"][..., None] + mf * mf + o * o)).sum(1) - mean**2 - offset**2
+    return torch.stack([mean, var.clamp(min=1e-8), offset])
 
 
 def fit_gp(x, y, is_context, ard=False):
@@ -479,7 +624,8 @@ def _prior_member(xc, yc, w, k, evidence, chunk=2**23):
     for key in keys.unique(dim=0):
         group = tasks[(keys == key).all(1)]
         kk, f = (int(v) for v in key)
-        for rows in group.split(max(1, chunk // (PRIOR_DRAWS * kk * kk))):
+        draws = PRIOR_DRAWS + PRIOR_BIMODAL_DRAWS * (PRIOR_BIMODAL > 0)
+        for rows in group.split(max(1, chunk // (draws * kk * kk))):
             order = torch.argsort((~(w[rows] > 0)).to(torch.int8), dim=1, stable=True)[:, :kk]
             cols = torch.argsort((~used[rows]).to(torch.int8), dim=1, stable=True)[:, :f]
             x = xc[rows[:, None], order].gather(2, cols[:, None].expand(-1, kk, -1))
@@ -494,10 +640,14 @@ def reflect_features(features):
     """:func:`gp_features_at` of :func:`fit_gp`'s fit to the same context with y
     negated, from those of the fit to y: the members' means and the mixture's mean
     change sign; the hyperparameters, weights and variances depend on y through even
-    functions only (y^T A^-1 y, squared residuals), so they stay as they are."""
-    n = (features.shape[-1] - 2) // 3
+    functions only (y^T A^-1 y, squared residuals), so they stay as they are. Of the ARD
+    baseline's MIXTURE_COLUMNS the two means change sign (the branches swap)."""
+    ard = features.shape[-1] == n_columns(True)
+    n = N_KERNELS + int(ard)
     sign = torch.ones(features.shape[-1], dtype=features.dtype, device=features.device)
     sign[:n] = sign[-2] = -1
+    if ard:
+        sign[3 * n + 1] = sign[3 * n + 3] = -1                           # m_g, m_b
     return features * sign
 
 
@@ -542,15 +692,35 @@ def gp_features_at(fit, x):
         weights.append(pj.expand_as(mj))
         mix_m = mix_m + pj * mj
         mix_m2 = mix_m2 + pj * m2j
+    # the ARD baseline's mixture: the bimodal part of the prior's member, weight w, and
+    # the rest (the other members and the member's Gaussian draws), moments m_g, m2_g
+    w = torch.zeros_like(mix_m)
+    branches = torch.zeros((3, *w.shape), dtype=w.dtype, device=w.device)
     if fit["prior"] is not None:  # the prior's member joins the mixture's moments
         for rows, cols, pf in fit["prior"]["fits"]:
             p = fit["prior"]["weight"][rows][:, None]
             xr = x[rows].gather(2, cols[:, None].expand(-1, x.shape[1], -1))
-            m, m2 = _prior_moments(pf, xr)
+            (m, m2), bim = _prior_moments(pf, xr)
+            pi = pf["pi"][:, None] if bim is not None else torch.zeros_like(p)
+            wr = torch.where(p * pi >= MIXTURE_MIN, p * pi, torch.zeros_like(p)).expand_as(m)
+            if bim is not None:
+                bm, bv, bo = bim
+                m2_b = bv + bm * bm + bo * bo
+                m, m2 = (1 - pi) * m + pi * bm, (1 - pi) * m2 + pi * m2_b
+                branches[:, rows] = torch.where(wr > 0, bim, branches[:, rows])
             mix_m[rows] = (1 - p) * mix_m[rows] + p * m
             mix_m2[rows] = (1 - p) * mix_m2[rows] + p * m2
+            w[rows] = wr
     mix_v = (mix_m2 - mix_m * mix_m).clamp(min=1e-8)
-    return torch.stack(means + logvars + weights + [mix_m, torch.log(mix_v)], -1)
+    features = means + logvars + weights
+    if fit["ls"] is None:
+        return torch.stack(features + [mix_m, torch.log(mix_v)], -1)
+    bm, bv, bo = (torch.where(w > 0, b, t) for b, t in zip(branches, (mix_m, mix_v, w)))
+    rest = (1 - w).clamp(min=1e-12)
+    m_g = torch.where(w > 0, (mix_m - w * bm) / rest, mix_m)
+    v_g = torch.where(w > 0, (mix_m2 - w * (bv + bm * bm + bo * bo)) / rest - m_g * m_g, mix_v)
+    mixture = [w, m_g, torch.log(v_g.clamp(min=1e-8)), bm, torch.log(bv), bo]
+    return torch.stack(features + mixture + [mix_m, torch.log(mix_v)], -1)
 
 
 def gp_features(x, y, is_context, group=16, ard=False):
@@ -559,7 +729,7 @@ def gp_features(x, y, is_context, group=16, ard=False):
     of the largest context in a call: this makes a training batch about 3x cheaper).
     Computed in float64 whatever the dtype of x: in float32, near-noiseless contexts
     (ratio 1e-4) make the means wrong by up to 0.01 (standardized units)."""
-    out = torch.empty((*x.shape[:2], n_features(ard)), dtype=x.dtype, device=x.device)
+    out = torch.empty((*x.shape[:2], n_columns(ard)), dtype=x.dtype, device=x.device)
     x64, y64 = x.double(), y.double()
     for rows in is_context.sum(1).argsort(stable=True).split(group):
         out[rows] = gp_features_at(fit_gp(x64[rows], y64[rows], is_context[rows], ard),
@@ -570,4 +740,17 @@ def gp_features(x, y, is_context, group=16, ard=False):
 def gp_moments(features, variance_floor, variance_cap):
     """Mean and variance of the model average from :func:`gp_features_at`'s features."""
     return features[..., -2], features[..., -1].exp().clamp(variance_floor, variance_cap)
+
+
+def gp_mixture(features, variance_floor, variance_cap):
+    """The ARD baseline's predictive as a mixture of Gaussians, from the MIXTURE_COLUMNS
+    of :func:`gp_features_at`: (..., 3, 3), rows weight, mean and variance, columns the
+    rest of the model average and the bimodal part's two branches (each of weight w / 2);
+    None when no bimodal part has weight."""
+    w, m_g, lv_g, m_b, lv_b, offset = features[..., -2 - MIXTURE_COLUMNS:-2].unbind(-1)
+    if not (w > 0).any():
+        return None
+    var = torch.stack([lv_g, lv_b, lv_b], -1).exp().clamp(variance_floor, variance_cap)
+    return torch.stack([torch.stack([1 - w, w / 2, w / 2], -1),
+                        torch.stack([m_g, m_b - offset, m_b + offset], -1), var], -2)
 

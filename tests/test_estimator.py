@@ -361,6 +361,6 @@ def test_narrow_predictives_keep_their_width_through_the_chain():
     reg = DiffusionICLRegressor(random_state=0, n_samples=200).fit(X[:100], y[:100])
     sd = reg.sample(X[100:]).std(1)
     x_q, x_c, y_c, ys = reg._scaled_context(X[100:], None)
-    _, v = inference.baseline_predictive(reg.denoiser_, *(torch.from_numpy(a)[None]
+    _, v, _ = inference.baseline_predictive(reg.denoiser_, *(torch.from_numpy(a)[None]
                                                          for a in (x_c, y_c, x_q)))
     assert 0.85 < np.median(sd / (v[0].sqrt().numpy() * ys.scale_[0])) < 1.25

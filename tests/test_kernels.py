@@ -374,7 +374,7 @@ def test_head_denoiser_with_gp_baseline_starts_at_the_model_average(dtype, basel
     y = torch.as_tensor(np.r_[yc, np.zeros(6)], dtype=dtype)[None]
     is_ctx = torch.arange(36)[None] < 30
     h, feats = model.encode(x, y, is_ctx)
-    m, s2 = model.moments(feats[~is_ctx][:, None])
+    m, s2, _ = model.moments(feats[~is_ctx][:, None])
     ref = gp_moments(gp_features(x.double(), y.double(), is_ctx, ard=baseline == "ard"),
                      1e-4, 10.0)
     tol = 1e-3 if dtype == torch.float32 else 1e-9  # float32 eigh at ratio 1e-4
@@ -520,9 +520,9 @@ def test_a_context_over_the_whole_context_limit_gets_a_baseline_of_evenly_spaced
                        torch.float64, antithetic=True)
     s = inference.sample_context_parts(model, schedule, parts, q, noise)
     rows = torch.linspace(0, 49, 20).round().long()
-    m, v = inference.baseline_predictive(model, x[:, rows], y[:, rows], q)
+    m, v, _ = inference.baseline_predictive(model, x[:, rows], y[:, rows], q)
     torch.testing.assert_close(s.mean((0, 3))[0], m[0], atol=0.02 * float(v.max().sqrt()), rtol=0)
-    m_all, _ = inference.baseline_predictive(model, x, y, q)
+    m_all, _, _ = inference.baseline_predictive(model, x, y, q)
     assert (m_all - m).abs().max() > 0.1 * float(v.max().sqrt())  # the subset differs
 
 
@@ -543,7 +543,7 @@ def test_analytic_variance_samples_an_untrained_models_baseline_exactly(tmp_path
     schedule, n = NoiseSchedule(20, "cosine"), 4000
     noise = draw_noise(n_noise_draws(schedule, 3), (3, 1, 6, n), torch.Generator().manual_seed(1),
                        torch.float64)
-    m, v = inference.baseline_predictive(model, x, y, q)
+    m, v, _ = inference.baseline_predictive(model, x, y, q)
     sd = v.sqrt()[0]
     for variance, ok in (("analytic", True), ("beta", False)):
         s = inference.sample_context_parts(model, schedule, parts, q, noise, n_steps=3,
@@ -659,6 +659,7 @@ def test_prior_member_is_the_evidence_weighted_average_of_its_draws_gps(monkeypa
     monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
     monkeypatch.setattr(kernels, "PRIOR_HET", 0.5)
     monkeypatch.setattr(kernels, "PRIOR_KEEP", 0.0)
+    monkeypatch.setattr(kernels, "PRIOR_BIMODAL", 0.0)  # its bimodal draws: the next test
     k, m = 8, 5
     xc, yc, xq = _task(k=k, m=m, d=2, seed=4)
     c = torch.ones((1, k), dtype=torch.bool)
@@ -667,7 +668,10 @@ def test_prior_member_is_the_evidence_weighted_average_of_its_draws_gps(monkeypa
     monkeypatch.setattr(kernels, "PRIOR_MEMBER", False)
     plain = fit_gp(_t(xc), _t(yc), c, ard=True)
     old = gp_features_at(plain, _t(xq))[0].numpy()
-    np.testing.assert_array_equal(got[:, :-2], old[:, :-2])
+    n = 3 * (N_KERNELS + 1)
+    np.testing.assert_array_equal(got[:, :n], old[:, :n])
+    np.testing.assert_array_equal(got[:, n], 0)                   # no bimodal part, and
+    np.testing.assert_array_equal(got[:, n + 1:n + 3], got[:, -2:])  # the rest is all
 
     g = torch.Generator().manual_seed(kernels.PRIOR_SEED)
     X = _t(np.vstack([xc, xq])).expand(6, -1, -1)
@@ -708,6 +712,70 @@ def test_prior_member_is_the_evidence_weighted_average_of_its_draws_gps(monkeypa
     mix_m2 = (1 - p) * (np.exp(old[:, -1]) + old[:, -2] ** 2) + p * m2
     np.testing.assert_allclose(got[:, -2], mix_m, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(np.exp(got[:, -1]), mix_m2 - mix_m**2, rtol=1e-7)
+
+
+def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypatch):
+    """The prior's member's bimodal draws against benchmarks/family_ceiling.py's mean-field
+    answer (NumPy, explicit inverses), draw by draw: evidence lower bounds, then at the
+    queries the branches' mean, variance and offset of the draws weighted by their bounds;
+    the draws' weight within the member from the two kinds' full log evidence; and the
+    features' mixture columns and mixture of Gaussians from them."""
+    from .test_family_ceiling import fc
+
+    from skdiffusion.priors import GPFunction
+    monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
+    monkeypatch.setattr(kernels, "PRIOR_BIMODAL_DRAWS", 5)
+    monkeypatch.setattr(kernels, "PRIOR_KEEP", 0.0)
+    k, m = 12, 4
+    xc, yc, xq = _task(k=k, m=m, d=2, seed=4)
+    yc = (yc + np.where(np.arange(k) % 2, 1.5, -1.5)) / np.sqrt(1 + 1.5**2)  # two branches
+    pf = kernels._prior_fit(_t(xc), _t(yc))
+    bim = kernels._bimodal_moments(pf["bimodal"], _t(xq))[:, 0].numpy()
+
+    g = torch.Generator().manual_seed(kernels.PRIOR_SEED)
+    GPFunction().hyperparameters(torch.ones((6, 1, 2), dtype=torch.float64), g)  # the Gaussian
+    torch.rand((6, 1), generator=g, dtype=torch.float64)                      # draws come
+    torch.randn((6, 2), generator=g, dtype=torch.float64)                     # first
+    torch.rand((6, 1), generator=g, dtype=torch.float64)
+    X = _t(np.vstack([xc, xq])).expand(5, -1, -1)
+    h = GPFunction().hyperparameters(torch.ones((5, 1, 2), dtype=torch.float64), g)
+    lo, hi = np.log(kernels.NOISE_RANGE)
+    sd = np.exp(lo + (hi - lo) * torch.rand(5, generator=g, dtype=torch.float64).numpy())
+    gap = 0.5 + 1.5 * torch.rand(5, generator=g, dtype=torch.float64).numpy()
+    P = np.eye(k + m) - np.r_[np.ones(k), np.zeros(m)][None] / k
+    C = np.array([P @ K @ P.T for K in GPFunction.kernel(h, X, X).numpy()])
+    C *= (k - 1) / np.trace(C[:, :k, :k], axis1=1, axis2=2)[:, None, None]
+    elbo, loc, var, offset, noise = fc.bimodal_answer(C, sd, gap, yc)
+    evidence = np.logaddexp.reduce(elbo) - np.log(5)
+    np.testing.assert_allclose(float(pf["bimodal"]["evidence"][0]), evidence, rtol=1e-7)
+    w = np.exp(elbo - elbo.max())
+    w /= w.sum()
+    mean, off = w @ loc, w @ offset
+    want = [mean, w @ (var + (noise**2 + offset**2)[:, None] + loc**2) - mean**2 - off**2,
+            np.full(m, off)]
+    np.testing.assert_allclose(bim, np.array(want), rtol=1e-6, atol=1e-7)  # the intercept 1e3
+
+    L, s2, a = pf["L"][0], pf["s2"][0], pf["a"][0]                  # the Gaussian draws
+    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+                    + (a * a).sum(-1) / s2)).numpy()
+    gauss = np.logaddexp.reduce(full) - np.log(6)
+    share = kernels.PRIOR_BIMODAL
+    pi = share * np.exp(evidence) / (share * np.exp(evidence) + (1 - share) * np.exp(gauss))
+    assert 0.01 < pi                                              # the branches are seen
+    np.testing.assert_allclose(float(pf["pi"][0]), pi, rtol=1e-6)
+
+    c = torch.ones((1, k), dtype=torch.bool)
+    fit = fit_gp(_t(xc), _t(yc), c, ard=True)
+    feats = gp_features_at(fit, _t(xq))
+    wb, m_g, lv_g, m_b, lv_b, o = feats[0, :, -8:-2].numpy().T
+    np.testing.assert_allclose(wb, float(fit["prior"]["weight"][0] * fit["prior"]["fits"][0][2]["pi"][0]))
+    got = kernels.gp_mixture(feats, 1e-9, 1e9)[0].numpy()          # (m, 3, 3)
+    np.testing.assert_allclose(got[:, 0], np.c_[1 - wb, wb / 2, wb / 2])
+    np.testing.assert_allclose(got[:, 1], np.c_[m_g, m_b - o, m_b + o])
+    mix_m = (got[:, 0] * got[:, 1]).sum(-1)
+    mix_v = (got[:, 0] * (got[:, 2] + got[:, 1] ** 2)).sum(-1) - mix_m**2
+    np.testing.assert_allclose(feats[0, :, -2].numpy(), mix_m, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(feats[0, :, -1].exp().numpy(), mix_v, rtol=1e-7)
 
 
 def test_prior_member_sharpens_the_gaussian_on_small_gp_draw_contexts(monkeypatch):

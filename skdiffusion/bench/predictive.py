@@ -38,15 +38,25 @@ def make_function_tasks(family, n_tasks, k, d, n_queries, seed, truth=None):
     return X.double().numpy(), y.double().numpy()
 
 
-def features_alone(params):
-    """fit_predict of the Gaussian baseline that the model's network corrects."""
+def features_alone(params, n_samples=1000, seed=0):
+    """fit_predict of the baseline that the model's network corrects: a Gaussian, or
+    where the baseline is a mixture, ``n_samples`` draws of it per query."""
     def fit_predict(X, y, Xt):
         reg = DiffusionICLRegressor(**params).fit(X, y)
         x_q, x_c, y_c, ys = reg._scaled_context(Xt, None)
-        m, s2 = baseline_predictive(reg.denoiser_, *(torch.from_numpy(a)[None]
-                                                      for a in (x_c, y_c, x_q)))
+        m, s2, mixture = baseline_predictive(reg.denoiser_, *(torch.from_numpy(a)[None]
+                                                               for a in (x_c, y_c, x_q)))
         mean = ys.inverse_transform(m[0].numpy()[:, None])[:, 0]
-        return mean, s2[0].sqrt().numpy() * ys.scale_[0], None
+        if mixture is None:
+            return mean, s2[0].sqrt().numpy() * ys.scale_[0], None
+        w, mu, var = mixture[0].numpy().transpose(1, 0, 2)                 # (3, m, C)
+        rng = np.random.default_rng(seed)
+        u = rng.random((len(w), n_samples, 1))
+        comp = (u > np.cumsum(w, -1)[:, None, :-1]).sum(-1)              # (m, n_samples)
+        pick = lambda a: np.take_along_axis(a, comp, 1)  # noqa: E731
+        draws = pick(mu) + np.sqrt(pick(var)) * rng.standard_normal(comp.shape)
+        draws = ys.inverse_transform(draws.reshape(-1, 1)).reshape(draws.shape)
+        return mean, draws.std(1), draws
     return fit_predict
 
 
