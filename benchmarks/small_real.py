@@ -4,7 +4,8 @@ method is cross-validated (5 folds, the bench's seed) and scored on its pooled
 out-of-fold predictions (per-fold R^2 on 3-4 test rows would be noise): R^2, CRPS (from
 the method's samples where it has them, else its Gaussian), 90 % coverage; the summary is
 the mean R^2 and the geometric mean of CRPS over the ARD GP's. "features alone" is the
-Gaussian baseline that the model's network corrects (the ablation of meta-training);
+baseline that the model's network corrects (the ablation of meta-training: a Gaussian,
+or where the prior's bimodal draws fit, a mixture of Gaussians);
 "the prior's average" (only on request, ``--methods``: minutes) is Bayes' answer for the
 GP draws of the model's prior, by importance sampling over its hyperparameters
 (``family_ceiling.py``): about what a network trained to perfection on them would give.

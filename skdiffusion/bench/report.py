@@ -239,8 +239,10 @@ Gaussian (gp), heteroscedastic, Student t (heavy-tailed) or bimodal (f +- a gap 
 fitted to each task's k context points alone. crps_vs_gp: mean CRPS / the ARD GP's on the
 same tasks, paired bootstrap 90 % band over tasks. NLL: Gaussian with the method's mean
 and std. nse: squared error / Var(y). seconds: per task (fit and predict). features
-alone: the Gaussian baseline the model's network corrects (in-context ridge fits), the
-ablation of everything meta-training learned. NGBoost: library defaults (500 trees).
+alone: the baseline the model's network corrects (the in-context GP model average: a
+Gaussian, or a mixture of Gaussians where the prior's bimodal draws fit; scored from 1,000
+draws of it there), the ablation of everything meta-training learned. NGBoost: library
+defaults (500 trees).
 """
 
 REAL_INTRO = """## Real and classic datasets
