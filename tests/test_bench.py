@@ -163,3 +163,52 @@ def test_features_alone_is_the_model_with_its_network_silenced():
     law = [chain_law(schedule, 0.0, si / scale, "ddpm", n_steps, variance="beta",
                      data_var=True)[1] * scale for si in s]
     np.testing.assert_allclose(samples.std(1), law, rtol=0.05)
+
+
+def test_features_alone_is_the_silenced_models_mixture_on_a_bimodal_context():
+    """Where the prior's bimodal draws fit (two clear branches f +- 1.5), the ablation
+    draws the baseline's mixture of Gaussians, and the shipped model with its head's
+    output zeroed samples the same law through the mixture's exact denoiser (all 50
+    steps): their quantiles within each branch agree, and both put half the samples in each
+    branch and few between them."""
+    import torch
+    from skdiffusion import DiffusionICLRegressor
+    from skdiffusion.bench.predictive import features_alone
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (63, 1))
+    y = np.sin(x[:, 0]) + np.where(rng.random(63) < 0.5, -1.5, 1.5) + 0.05 * rng.standard_normal(63)
+    _, _, ablation = features_alone({}, n_samples=4000)(x[:60], y[:60], x[60:])
+    reg = DiffusionICLRegressor(n_samples=4000, n_sampling_steps=50, random_state=0).fit(x[:60], y[:60])
+    with torch.no_grad():
+        for p in reg.denoiser_.head.read_out.parameters():
+            p.zero_()
+    samples = reg.sample(x[60:])
+    q = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95]        # within a branch each
+    np.testing.assert_allclose(np.quantile(samples, q, axis=1), np.quantile(ablation, q, axis=1),
+                               atol=0.1)
+    for draws in (samples, ablation):
+        f = np.sin(x[60:])
+        assert np.all(np.abs((draws > f).mean(1) - 0.5) < 0.03)   # each branch half
+        assert (np.abs(draws - f) < 0.5).mean() < 0.05            # few between them
+
+
+def test_a_family_asked_alone_gets_the_tasks_of_the_full_run(monkeypatch):
+    """The predictive section seeds each family's tasks by its place in FAMILIES, not in
+    the families asked for: a probe of the bimodal family alone scores the same tasks as
+    the report (and benchmarks/family_ceiling.py, which seeds them the same way)."""
+    from skdiffusion.bench import predictive
+
+    class Seen(Exception):
+        pass
+
+    def record(family, n_tasks, k, d, n_queries, seed, truth=None):
+        raise Seen(seed)
+
+    monkeypatch.setattr(predictive, "make_function_tasks", record)
+    seeds = {}
+    for families in (predictive.FAMILIES, ("bimodal",)):
+        with pytest.raises(Seen) as seen:
+            predictive.compare({}, families=families[::-1], ds=(3,), ks=(30,), n_tasks=1)
+        seeds[families] = seen.value.args[0]
+    assert seeds[("bimodal",)] == seeds[predictive.FAMILIES] == 7919 * 3 + 31 * 3 + 30

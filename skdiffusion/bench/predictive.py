@@ -82,7 +82,8 @@ def compare(params, families=FAMILIES, ds=(1, 3, 5), ks=(10, 30, 100), n_tasks=2
     whose methods (except :data:`MODEL_DEPENDENT`) are taken over instead of refitted."""
     fns = {name: f for name, f in peers(params).items()
            if only is None or name in only or name == GP}
-    cells = [(fi, f, d, k) for fi, f in enumerate(families) for d in ds for k in ks]
+    # each family's tasks are seeded by its place in FAMILIES, whichever families are asked
+    cells = [(FAMILIES.index(f), f, d, k) for f in families for d in ds for k in ks]
     rows = []
     for fi, family, d, k in tqdm(cells, desc="predictive", disable=not progress):
         X, y = make_function_tasks(family, n_tasks, k, d, n_queries, 7919 * fi + 31 * d + k)
