@@ -662,9 +662,10 @@ def relevant_features(fit, n):
 
 
 def gp_features_at(fit, x):
-    """(B, M, :func:`n_features`) at x (B, M, F): per kernel the predictive mean, log
-    variance and posterior weight (marginal over the ratio grid), then the mixture's mean and log
-    variance (see :func:`gp_moments`)."""
+    """(B, M, :func:`n_columns`) at x (B, M, F): per kernel the predictive mean, log
+    variance and posterior weight (marginal over the ratio grid), for the ARD baseline its
+    MIXTURE_COLUMNS (:func:`gp_mixture`), then the mixture's mean and log variance (see
+    :func:`gp_moments`)."""
     d, r, post, het = fit["d"], fit["r"], fit["post"], fit["het"]
     cross = _kernel_matrices(x, fit["x"], d, fit["ls"], fit["g"])
     diag = _diag(x, d, fit["g"])
