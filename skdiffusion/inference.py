@@ -129,8 +129,9 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
         time = model.time_embedding(t, y_t)  # once per step
         y = flat(y_t)
         n = max(1, HEAD_ROWS // (y.shape[-1] * chunk)) * chunk  # queries per head pass
-        out = torch.cat([model.denoise(hc[i:i + n], [a if a is None else a[i:i + n] for a in moments],
-                                       y[i:i + n], t, time, gate[i:i + n], buffers=buffers)
+        part = lambda i: [None if a is None else a[i:i + n] for a in moments]  # noqa: E731
+        out = torch.cat([model.denoise(hc[i:i + n], part(i), y[i:i + n], t, time,
+                                       gate[i:i + n], buffers=buffers)
                          for i in range(0, len(y), n)])
         return out[:y_t.shape[0] * y_t.shape[1]].reshape(y_t.shape)
 

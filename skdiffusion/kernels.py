@@ -496,7 +496,7 @@ def _bimodal_fit(xc, yc, g):
     for step in range(BIMODAL_ITERS + 1):
         r = y - o * mu
         alpha = (Ainv @ r[..., None])[..., 0]
-        m = r - n * alpha                                                 # E f = (A - noise I) alpha
+        m = r - n * alpha                                     # E f = (A - noise I) alpha
         if step < BIMODAL_ITERS:
             mu = torch.tanh(o * (y - m) / n)
     dA = Ainv.diagonal(dim1=-2, dim2=-1)

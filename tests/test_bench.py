@@ -179,7 +179,8 @@ def test_features_alone_is_the_silenced_models_mixture_on_a_bimodal_context():
     x = rng.uniform(-2, 2, (63, 1))
     y = np.sin(x[:, 0]) + np.where(rng.random(63) < 0.5, -1.5, 1.5) + 0.05 * rng.standard_normal(63)
     _, _, ablation = features_alone({}, n_samples=4000)(x[:60], y[:60], x[60:])
-    reg = DiffusionICLRegressor(n_samples=4000, n_sampling_steps=50, random_state=0).fit(x[:60], y[:60])
+    reg = DiffusionICLRegressor(n_samples=4000, n_sampling_steps=50, random_state=0)
+    reg.fit(x[:60], y[:60])
     with torch.no_grad():
         for p in reg.denoiser_.head.read_out.parameters():
             p.zero_()

@@ -756,8 +756,8 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
     np.testing.assert_allclose(bim, np.array(want), rtol=1e-6, atol=1e-7)  # the intercept 1e3
 
     L, s2, a = pf["L"][0], pf["s2"][0], pf["a"][0]                  # the Gaussian draws
-    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
-                    + (a * a).sum(-1) / s2)).numpy()
+    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + logdet + (a * a).sum(-1) / s2)).numpy()
     gauss = np.logaddexp.reduce(full) - np.log(6)
     share = kernels.PRIOR_BIMODAL
     pi = share * np.exp(evidence) / (share * np.exp(evidence) + (1 - share) * np.exp(gauss))
@@ -768,7 +768,8 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
     fit = fit_gp(_t(xc), _t(yc), c, ard=True)
     feats = gp_features_at(fit, _t(xq))
     wb, m_g, lv_g, m_b, lv_b, o = feats[0, :, -8:-2].numpy().T
-    np.testing.assert_allclose(wb, float(fit["prior"]["weight"][0] * fit["prior"]["fits"][0][2]["pi"][0]))
+    member_pi = fit["prior"]["fits"][0][2]["pi"][0]
+    np.testing.assert_allclose(wb, float(fit["prior"]["weight"][0] * member_pi))
     got = kernels.gp_mixture(feats, 1e-9, 1e9)[0].numpy()          # (m, 3, 3)
     np.testing.assert_allclose(got[:, 0], np.c_[1 - wb, wb / 2, wb / 2])
     np.testing.assert_allclose(got[:, 1], np.c_[m_g, m_b - o, m_b + o])
