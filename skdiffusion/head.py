@@ -14,9 +14,9 @@ As in the set denoiser, the head corrects the exact Gaussian denoiser of the in-
 linear baseline: prediction = baseline + residual scale x head output, the head's last
 layer zero-initialized. Where the ARD baseline is a mixture of Gaussians (its bimodal
 part), the baseline is the mixture's exact denoiser and the head's correction is scaled
-by the weight of its Gaussian part. The head sees y_t and its standardized deviation from the
-baseline's marginal, (y_t - sqrt(abar_t) m) / sqrt(abar_t s^2 + 1 - abar_t), so its
-inputs are on the unit scale whatever the context.
+by the weight of its Gaussian part. The head sees y_t and its standardized deviation
+from the baseline's marginal, (y_t - sqrt(abar_t) m) / sqrt(abar_t s^2 + 1 - abar_t), so
+its inputs are on the unit scale whatever the context.
 
 Cost: sampling runs the transformer once per query and then only the head for each of
 samples x steps; training runs the transformer once per task and the head on

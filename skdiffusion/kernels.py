@@ -124,8 +124,8 @@ MIXTURE_COLUMNS = 6
 
 
 def n_features(ard=False):
-    """Feature count of :func:`gp_features_at` that the network reads (:func:`network_features`):
-    3 per kernel, 2 for the mixture."""
+    """Feature count of :func:`gp_features_at` that the network reads
+    (:func:`network_features`): 3 per kernel, 2 for the mixture."""
     return 3 * (N_KERNELS + int(ard)) + 2
 
 
@@ -693,8 +693,9 @@ def gp_features_at(fit, x):
         weights.append(pj.expand_as(mj))
         mix_m = mix_m + pj * mj
         mix_m2 = mix_m2 + pj * m2j
-    # the ARD baseline's mixture: the bimodal part of the prior's member, weight w, and
-    # the rest (the other members and the member's Gaussian draws), moments m_g, m2_g
+    # the ARD baseline's mixture: the bimodal part of the prior's member (weight w, its
+    # branches' mean, variance and offset) and the rest (the other members and the
+    # member's Gaussian draws), whose moments are the total's less the bimodal part's
     w = torch.zeros_like(mix_m)
     branches = torch.zeros((3, *w.shape), dtype=w.dtype, device=w.device)
     if fit["prior"] is not None:  # the prior's member joins the mixture's moments
