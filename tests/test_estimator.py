@@ -364,3 +364,23 @@ def test_narrow_predictives_keep_their_width_through_the_chain():
     _, v, _ = inference.baseline_predictive(reg.denoiser_, *(torch.from_numpy(a)[None]
                                                          for a in (x_c, y_c, x_q)))
     assert 0.85 < np.median(sd / (v[0].sqrt().numpy() * ys.scale_[0])) < 1.25
+
+
+def test_gross_outliers_in_y_do_not_pull_the_prediction(monkeypatch):
+    """Four points of sixty shifted by 5 (the context's sd is about 1.7): the prior's
+    member's Student-t draws take the weight and the prediction stays near the function,
+    where with Gaussian noise alone it follows the outliers."""
+    from skdiffusion import kernels
+
+    rng = np.random.default_rng(0)
+    X, Xq = rng.normal(size=(60, 2)), rng.normal(size=(200, 2))
+    f = lambda X: np.sin(2 * X[:, 0]) + X[:, 1]  # noqa: E731
+    y = f(X) + 0.1 * rng.standard_t(2, size=60)
+    y[::15] += 5
+    errors = {}
+    for share in (0.0, kernels.PRIOR_STUDENT):
+        monkeypatch.setattr(kernels, "PRIOR_STUDENT", share)
+        pred = DiffusionICLRegressor(random_state=0).fit(X, y).predict(Xq)
+        errors[share] = np.mean((pred - f(Xq)) ** 2)
+    assert errors[kernels.PRIOR_STUDENT] < 0.2 * errors[0.0]
+    assert errors[kernels.PRIOR_STUDENT] < 0.1

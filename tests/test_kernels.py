@@ -659,7 +659,8 @@ def test_prior_member_is_the_evidence_weighted_average_of_its_draws_gps(monkeypa
     monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
     monkeypatch.setattr(kernels, "PRIOR_HET", 0.5)
     monkeypatch.setattr(kernels, "PRIOR_KEEP", 0.0)
-    monkeypatch.setattr(kernels, "PRIOR_BIMODAL", 0.0)  # its bimodal draws: the next test
+    monkeypatch.setattr(kernels, "PRIOR_BIMODAL", 0.0)  # its bimodal and Student-t draws:
+    monkeypatch.setattr(kernels, "PRIOR_STUDENT", 0.0)  # the next tests
     k, m = 8, 5
     xc, yc, xq = _task(k=k, m=m, d=2, seed=4)
     c = torch.ones((1, k), dtype=torch.bool)
@@ -725,6 +726,7 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
     from skdiffusion.priors import GPFunction
     monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
     monkeypatch.setattr(kernels, "PRIOR_BIMODAL_DRAWS", 5)
+    monkeypatch.setattr(kernels, "PRIOR_STUDENT", 0.0)  # drawn after these: the next test
     monkeypatch.setattr(kernels, "PRIOR_KEEP", 0.0)
     k, m = 12, 4
     xc, yc, xq = _task(k=k, m=m, d=2, seed=4)
@@ -777,6 +779,100 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
     mix_v = (got[:, 0] * (got[:, 2] + got[:, 1] ** 2)).sum(-1) - mix_m**2
     np.testing.assert_allclose(feats[0, :, -2].numpy(), mix_m, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(feats[0, :, -1].exp().numpy(), mix_v, rtol=1e-7)
+
+
+def _student_answer(C, sd, nu, y, iters):
+    """Mean-field posterior of GP draws with Student-t noise, written independently of
+    kernels._student_fit (explicit inverses, the posterior covariance of f and the KL
+    between Gaussians computed directly, scipy's Gamma entropy and t quantiles): per draw
+    the evidence lower bound and, at the queries after the k context points, f's mean and
+    the predictive variance with the t noise as the Gaussian of equal interquartile range."""
+    from scipy import stats
+    from scipy.special import digamma, gammaln
+
+    k = len(y)
+    out = []
+    for Cs, sds, nus in zip(C, sd, nu):
+        a2 = 1 / (1 + sds**2)
+        K = a2 * Cs + kernels.INTERCEPT
+        Kc = K[:k, :k]
+        lam = np.ones(k)
+        for _ in range(iters):
+            n = a2 * sds**2 / lam
+            A = np.linalg.inv(Kc + np.diag(n))
+            mean = Kc @ A @ y
+            V = np.linalg.inv(np.linalg.inv(Kc) + np.diag(1 / n))
+            r = ((y - mean) ** 2 + np.diag(V)) / (a2 * sds**2)
+            shape, rate = (nus + 1) / 2, (nus + r) / 2
+            lam = shape / rate
+        log_lam = digamma(shape) - np.log(rate)
+        expected = np.sum(-0.5 * np.log(2 * np.pi * a2 * sds**2) + 0.5 * log_lam - 0.5 * lam * r)
+        log_prior = np.sum(nus / 2 * np.log(nus / 2) - gammaln(nus / 2)
+                           + (nus / 2 - 1) * log_lam - nus / 2 * lam)
+        entropy = stats.gamma(shape, scale=1 / rate).entropy().sum()
+        Kinv = np.linalg.inv(Kc)
+        kl = 0.5 * (np.trace(Kinv @ V) + mean @ Kinv @ mean - k
+                    + np.linalg.slogdet(Kc)[1] - np.linalg.slogdet(V)[1])
+        Kx = K[k:, :k]
+        loc = Kx @ A @ y
+        iqr = stats.t.ppf(0.75, nus) / stats.norm.ppf(0.75)
+        var = np.diag(K[k:, k:] - Kx @ A @ Kx.T) + a2 * sds**2 * iqr**2
+        out.append((expected + log_prior + entropy - kl, loc, var))
+    elbo, loc, var = (np.array(v) for v in zip(*out))
+    return elbo, loc, var
+
+
+def test_prior_members_student_draws_are_the_mean_field_answer(monkeypatch):
+    """The prior's member's Student-t draws against :func:`_student_answer`, draw by draw:
+    evidence lower bounds, then at the queries the mean and second moment of the draws
+    weighted by their bounds; their weight "rho" against the Gaussian draws and the
+    member's evidence from the two kinds' full log evidence."""
+    from skdiffusion.priors import GPFunction
+    monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
+    monkeypatch.setattr(kernels, "PRIOR_BIMODAL", 0.0)
+    monkeypatch.setattr(kernels, "PRIOR_STUDENT_DRAWS", 5)
+    monkeypatch.setattr(kernels, "PRIOR_KEEP", 0.0)
+    k, m = 14, 4
+    xc, yc, xq = _task(k=k, m=m, d=2, seed=5)
+    yc = yc.copy()
+    yc[[2, 9]] += [4.0, -3.0]                                      # two outliers
+    yc = (yc - yc.mean()) / yc.std()
+    pf = kernels._prior_fit(_t(xc), _t(yc))
+    got = kernels._student_moments(pf["student"], _t(xq))[:, 0].numpy()
+
+    g = torch.Generator().manual_seed(kernels.PRIOR_SEED)
+    GPFunction().hyperparameters(torch.ones((6, 1, 2), dtype=torch.float64), g)  # the Gaussian
+    torch.rand((6, 1), generator=g, dtype=torch.float64)                      # draws come
+    torch.randn((6, 2), generator=g, dtype=torch.float64)                     # first
+    torch.rand((6, 1), generator=g, dtype=torch.float64)
+    X = _t(np.vstack([xc, xq])).expand(5, -1, -1)
+    h = GPFunction().hyperparameters(torch.ones((5, 1, 2), dtype=torch.float64), g)
+    lo, hi = np.log(kernels.NOISE_RANGE)
+    sd = np.exp(lo + (hi - lo) * torch.rand(5, generator=g, dtype=torch.float64).numpy())
+    nu = torch.randint(2, 11, (5,), generator=g).double().numpy()
+    P = np.eye(k + m) - np.r_[np.ones(k), np.zeros(m)][None] / k
+    C = np.array([P @ K @ P.T for K in GPFunction.kernel(h, X, X).numpy()])
+    C *= (k - 1) / np.trace(C[:, :k, :k], axis1=1, axis2=2)[:, None, None]
+    elbo, loc, var = _student_answer(C, sd, nu, yc, kernels.STUDENT_ITERS)
+    evidence = np.logaddexp.reduce(elbo) - np.log(5)
+    np.testing.assert_allclose(float(pf["student"]["evidence"][0]), evidence, rtol=1e-7)
+    w = np.exp(elbo - elbo.max())
+    w /= w.sum()
+    mean = w @ loc
+    np.testing.assert_allclose(got, [mean, w @ (var + loc**2)], rtol=1e-6, atol=1e-7)
+
+    L, s2, a = pf["L"][0], pf["s2"][0], pf["a"][0]                  # the Gaussian draws
+    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + logdet + (a * a).sum(-1) / s2)).numpy()
+    gauss = np.logaddexp.reduce(full) - np.log(6)
+    share = kernels.PRIOR_STUDENT
+    both = np.logaddexp(np.log(share) + evidence, np.log(1 - share) + gauss)
+    assert 0.01 < np.exp(np.log(share) + evidence - both) < 0.99     # both kinds count
+    np.testing.assert_allclose(float(pf["rho"][0]), np.exp(np.log(share) + evidence - both),
+                               rtol=1e-6)
+    profile = torch.logsumexp(-0.5 * (k * torch.log(s2) + logdet), -1) - np.log(6)
+    np.testing.assert_allclose(float(pf["evidence"][0]), float(profile) + both - gauss,
+                               rtol=1e-7)
 
 
 def test_prior_member_sharpens_the_gaussian_on_small_gp_draw_contexts(monkeypatch):
