@@ -715,6 +715,39 @@ def test_prior_member_is_the_evidence_weighted_average_of_its_draws_gps(monkeypa
     np.testing.assert_allclose(np.exp(got[:, -1]), mix_m2 - mix_m**2, rtol=1e-7)
 
 
+def _replayed_draws(xc, xq, n_gauss, n):
+    """The prior's member's draws replayed: its generator after the n_gauss Gaussian draws
+    (they come first) and the next n draws' kernels over context and queries (centred over
+    the context and scaled as kernels._centred_kernel's) and noise sd; the draws of a kind's
+    own parameters (gap, nu) come next on the generator."""
+    from skdiffusion.priors import GPFunction
+    (k, F), m = xc.shape, len(xq)
+    g = torch.Generator().manual_seed(kernels.PRIOR_SEED)
+    GPFunction().hyperparameters(torch.ones((n_gauss, 1, F), dtype=torch.float64), g)
+    torch.rand((n_gauss, 1), generator=g, dtype=torch.float64)
+    torch.randn((n_gauss, F), generator=g, dtype=torch.float64)
+    torch.rand((n_gauss, 1), generator=g, dtype=torch.float64)
+    X = _t(np.vstack([xc, xq])).expand(n, -1, -1)
+    h = GPFunction().hyperparameters(torch.ones((n, 1, F), dtype=torch.float64), g)
+    lo, hi = np.log(kernels.NOISE_RANGE)
+    sd = np.exp(lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64).numpy())
+    P = np.eye(k + m) - np.r_[np.ones(k), np.zeros(m)][None] / k
+    C = np.array([P @ K @ P.T for K in GPFunction.kernel(h, X, X).numpy()])
+    C *= (k - 1) / np.trace(C[:, :k, :k], axis1=1, axis2=2)[:, None, None]
+    return g, C, sd
+
+
+def _gaussian_evidence(pf):
+    """The full log evidence of the member's Gaussian draws (with the constants of their
+    profile likelihood) and its profile evidence, for the first context of ``pf``."""
+    L, s2, a = pf["L"][0], pf["s2"][0], pf["a"][0]
+    k, n = a.shape[-1], kernels.PRIOR_DRAWS
+    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + logdet + (a * a).sum(-1) / s2)).numpy()
+    profile = torch.logsumexp(-0.5 * (k * torch.log(s2) + logdet), -1) - np.log(n)
+    return np.logaddexp.reduce(full) - np.log(n), float(profile)
+
+
 def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypatch):
     """The prior's member's bimodal draws against benchmarks/family_ceiling.py's mean-field
     answer (NumPy, explicit inverses), draw by draw: evidence lower bounds, then at the
@@ -723,7 +756,6 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
     features' mixture columns and mixture of Gaussians from them."""
     from .test_family_ceiling import fc
 
-    from skdiffusion.priors import GPFunction
     monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
     monkeypatch.setattr(kernels, "PRIOR_BIMODAL_DRAWS", 5)
     monkeypatch.setattr(kernels, "PRIOR_STUDENT", 0.0)  # drawn after these: the next test
@@ -734,19 +766,8 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
     pf = kernels._prior_fit(_t(xc), _t(yc))
     bim = kernels._bimodal_moments(pf["bimodal"], _t(xq))[:, 0].numpy()
 
-    g = torch.Generator().manual_seed(kernels.PRIOR_SEED)
-    GPFunction().hyperparameters(torch.ones((6, 1, 2), dtype=torch.float64), g)  # the Gaussian
-    torch.rand((6, 1), generator=g, dtype=torch.float64)                      # draws come
-    torch.randn((6, 2), generator=g, dtype=torch.float64)                     # first
-    torch.rand((6, 1), generator=g, dtype=torch.float64)
-    X = _t(np.vstack([xc, xq])).expand(5, -1, -1)
-    h = GPFunction().hyperparameters(torch.ones((5, 1, 2), dtype=torch.float64), g)
-    lo, hi = np.log(kernels.NOISE_RANGE)
-    sd = np.exp(lo + (hi - lo) * torch.rand(5, generator=g, dtype=torch.float64).numpy())
+    g, C, sd = _replayed_draws(xc, xq, 6, 5)
     gap = 0.5 + 1.5 * torch.rand(5, generator=g, dtype=torch.float64).numpy()
-    P = np.eye(k + m) - np.r_[np.ones(k), np.zeros(m)][None] / k
-    C = np.array([P @ K @ P.T for K in GPFunction.kernel(h, X, X).numpy()])
-    C *= (k - 1) / np.trace(C[:, :k, :k], axis1=1, axis2=2)[:, None, None]
     elbo, loc, var, offset, noise = fc.bimodal_answer(C, sd, gap, yc)
     evidence = np.logaddexp.reduce(elbo) - np.log(5)
     np.testing.assert_allclose(float(pf["bimodal"]["evidence"][0]), evidence, rtol=1e-7)
@@ -757,10 +778,7 @@ def test_prior_members_bimodal_draws_are_the_ceilings_mean_field_answer(monkeypa
             np.full(m, off)]
     np.testing.assert_allclose(bim, np.array(want), rtol=1e-6, atol=1e-7)  # the intercept 1e3
 
-    L, s2, a = pf["L"][0], pf["s2"][0], pf["a"][0]                  # the Gaussian draws
-    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + logdet + (a * a).sum(-1) / s2)).numpy()
-    gauss = np.logaddexp.reduce(full) - np.log(6)
+    gauss, profile = _gaussian_evidence(pf)                   # the Gaussian draws
     share = kernels.PRIOR_BIMODAL
     pi = share * np.exp(evidence) / (share * np.exp(evidence) + (1 - share) * np.exp(gauss))
     assert 0.01 < pi                                              # the branches are seen
@@ -827,7 +845,6 @@ def test_prior_members_student_draws_are_the_mean_field_answer(monkeypatch):
     evidence lower bounds, then at the queries the mean and second moment of the draws
     weighted by their bounds; their weight "rho" against the Gaussian draws and the
     member's evidence from the two kinds' full log evidence."""
-    from skdiffusion.priors import GPFunction
     monkeypatch.setattr(kernels, "PRIOR_DRAWS", 6)
     monkeypatch.setattr(kernels, "PRIOR_BIMODAL", 0.0)
     monkeypatch.setattr(kernels, "PRIOR_STUDENT_DRAWS", 5)
@@ -840,19 +857,8 @@ def test_prior_members_student_draws_are_the_mean_field_answer(monkeypatch):
     pf = kernels._prior_fit(_t(xc), _t(yc))
     got = kernels._student_moments(pf["student"], _t(xq))[:, 0].numpy()
 
-    g = torch.Generator().manual_seed(kernels.PRIOR_SEED)
-    GPFunction().hyperparameters(torch.ones((6, 1, 2), dtype=torch.float64), g)  # the Gaussian
-    torch.rand((6, 1), generator=g, dtype=torch.float64)                      # draws come
-    torch.randn((6, 2), generator=g, dtype=torch.float64)                     # first
-    torch.rand((6, 1), generator=g, dtype=torch.float64)
-    X = _t(np.vstack([xc, xq])).expand(5, -1, -1)
-    h = GPFunction().hyperparameters(torch.ones((5, 1, 2), dtype=torch.float64), g)
-    lo, hi = np.log(kernels.NOISE_RANGE)
-    sd = np.exp(lo + (hi - lo) * torch.rand(5, generator=g, dtype=torch.float64).numpy())
+    g, C, sd = _replayed_draws(xc, xq, 6, 5)
     nu = torch.randint(2, 11, (5,), generator=g).double().numpy()
-    P = np.eye(k + m) - np.r_[np.ones(k), np.zeros(m)][None] / k
-    C = np.array([P @ K @ P.T for K in GPFunction.kernel(h, X, X).numpy()])
-    C *= (k - 1) / np.trace(C[:, :k, :k], axis1=1, axis2=2)[:, None, None]
     elbo, loc, var = _student_answer(C, sd, nu, yc, kernels.STUDENT_ITERS)
     evidence = np.logaddexp.reduce(elbo) - np.log(5)
     np.testing.assert_allclose(float(pf["student"]["evidence"][0]), evidence, rtol=1e-7)
@@ -861,17 +867,13 @@ def test_prior_members_student_draws_are_the_mean_field_answer(monkeypatch):
     mean = w @ loc
     np.testing.assert_allclose(got, [mean, w @ (var + loc**2)], rtol=1e-6, atol=1e-7)
 
-    L, s2, a = pf["L"][0], pf["s2"][0], pf["a"][0]                  # the Gaussian draws
-    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    full = (-0.5 * (k * torch.log(2 * np.pi * s2) + logdet + (a * a).sum(-1) / s2)).numpy()
-    gauss = np.logaddexp.reduce(full) - np.log(6)
+    gauss, profile = _gaussian_evidence(pf)                   # the Gaussian draws
     share = kernels.PRIOR_STUDENT
     both = np.logaddexp(np.log(share) + evidence, np.log(1 - share) + gauss)
     assert 0.01 < np.exp(np.log(share) + evidence - both) < 0.99     # both kinds count
     np.testing.assert_allclose(float(pf["rho"][0]), np.exp(np.log(share) + evidence - both),
                                rtol=1e-6)
-    profile = torch.logsumexp(-0.5 * (k * torch.log(s2) + logdet), -1) - np.log(6)
-    np.testing.assert_allclose(float(pf["evidence"][0]), float(profile) + both - gauss,
+    np.testing.assert_allclose(float(pf["evidence"][0]), profile + both - gauss,
                                rtol=1e-7)
 
 
