@@ -446,9 +446,8 @@ def _prior_fit(xc, yc):
     B, k, F = xc.shape
     S = PRIOR_DRAWS
     g = torch.Generator().manual_seed(PRIOR_SEED)  # the draws on the CPU, the rest on xc's device
-    h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=xc.dtype), g)
-    lo, hi = (math.log(v) for v in NOISE_RANGE)
-    sd = torch.exp(lo + (hi - lo) * torch.rand((S, 1), generator=g, dtype=xc.dtype))
+    h, sd = _draw_gps(S, F, xc.dtype, g)
+    sd = sd[:, None]
     u = torch.randn((S, F), generator=g, dtype=xc.dtype)
     u *= (torch.rand((S, 1), generator=g, dtype=xc.dtype) < PRIOR_HET) / u.norm(dim=1, keepdim=True)
     h, sd, u = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device), u.to(xc.device)
@@ -485,6 +484,39 @@ def _prior_fit(xc, yc):
     return out
 
 
+def _draw_gps(S, F, dtype, g):
+    """S draws (on g) of the prior's GP kernel for F columns and its noise sd (S,),
+    log-uniform over NOISE_RANGE, as each kind of the member's draws starts."""
+    h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=dtype), g)
+    lo, hi = (math.log(v) for v in NOISE_RANGE)
+    return h, torch.exp(lo + (hi - lo) * torch.rand((S,), generator=g, dtype=dtype))
+
+
+def _kl_of_f(n, dA, alpha, m, L):
+    """KL(q(f) || p(f)) (..., ) of a mean-field fit's q(f), the GP posterior with noise
+    variances n (..., k) under the prior K = A - diag n (A = L L^T, dA the diagonal of
+    A^-1, alpha = A^-1 y, m = E f): V = K - K A^-1 K = diag n - diag n A^-1 diag n."""
+    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    k = n.shape[-1]
+    return 0.5 * ((n * dA).sum(-1) + (alpha * m).sum(-1) - k + logdet - torch.log(n).sum(-1))
+
+
+def _mean_field_draws(xc, h, a2, centring, L, info, alpha, elbo, **per_draw):
+    """What a mean-field fit of draws whose f has the prior a2 C + INTERCEPT keeps
+    (:func:`_bimodal_fit`, :func:`_student_fit`): the draws above PRIOR_KEEP (by their
+    evidence lower bounds ``elbo``, -inf where ``info`` says the factorization failed),
+    with what :func:`_f_at` needs and the ``per_draw`` values (S,); their posterior
+    weights "post" and the evidence, the mean of the bounds' exponentials."""
+    elbo = torch.where(info == 0, elbo, torch.full_like(elbo, -math.inf))
+    post, idx = _keep(elbo)
+    take = lambda t: _take(t, idx)  # noqa: E731
+    row, tot, scale = centring
+    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "a2": a2[idx],
+            **{key: v[idx] for key, v in per_draw.items()}, "row": take(row),
+            "tot": take(tot), "scale": take(scale), "L": take(L), "alpha": take(alpha),
+            "post": post, "evidence": torch.logsumexp(elbo, -1) - math.log(elbo.shape[-1])}
+
+
 def _bimodal_fit(xc, yc, g):
     """PRIOR_BIMODAL_DRAWS draws of the prior's GP with bimodal noise (their kernels, sd
     and gap drawn on g), fitted to each context xc (B, k, F), yc (B, k) standardized:
@@ -496,9 +528,7 @@ def _bimodal_fit(xc, yc, g):
     benchmarks/family_ceiling.py's bimodal ceiling, with which it is tested to agree)."""
     B, k, F = xc.shape
     S = PRIOR_BIMODAL_DRAWS
-    h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=xc.dtype), g)
-    lo, hi = (math.log(v) for v in NOISE_RANGE)
-    sd = torch.exp(lo + (hi - lo) * torch.rand((S,), generator=g, dtype=xc.dtype))
+    h, sd = _draw_gps(S, F, xc.dtype, g)
     gap = BIMODAL_GAP[0] + (BIMODAL_GAP[1] - BIMODAL_GAP[0]) * torch.rand((S,), generator=g,
                                                                           dtype=xc.dtype)
     h, sd, gap = {key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device), gap.to(xc.device)
@@ -522,19 +552,11 @@ def _bimodal_fit(xc, yc, g):
     v = n - n**2 * dA                                                     # Var f
     resid = ((y - o * mu - m) ** 2 + v + o**2 * (1 - mu**2)).sum(-1)
     expected = -0.5 * k * torch.log(2 * math.pi * noise) - 0.5 * resid / noise
-    # KL(q(f) || p(f)) with K = A - noise I, V = K - K A^-1 K = noise I - noise^2 A^-1
-    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    kl = 0.5 * (noise * dA.sum(-1) + (alpha * m).sum(-1) - k + logdet - k * torch.log(noise))
     p, q = ((1 + mu) / 2).clamp(min=1e-300), ((1 - mu) / 2).clamp(min=1e-300)
     entropy = -(p * p.log() + q * q.log()).sum(-1)
-    elbo = expected - kl - k * math.log(2) + entropy
-    elbo = torch.where(info == 0, elbo, torch.full_like(elbo, -math.inf))
-    post, idx = _keep(elbo)
-    take = lambda t: _take(t, idx)  # noqa: E731
-    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "a2": a2[idx],
-            "noise": noise[idx], "offset": offset[idx], "row": take(row), "tot": take(tot),
-            "scale": take(scale), "L": take(L), "alpha": take(alpha), "post": post,
-            "evidence": torch.logsumexp(elbo, -1) - math.log(S)}
+    elbo = expected - _kl_of_f(n.expand_as(dA), dA, alpha, m, L) - k * math.log(2) + entropy
+    return _mean_field_draws(xc, h, a2, (row, tot, scale), L, info, alpha, elbo,
+                             noise=noise, offset=offset)
 
 
 def _student_fit(xc, yc, g):
@@ -548,9 +570,7 @@ def _student_fit(xc, yc, g):
     evidence lower bound weights each draw."""
     B, k, F = xc.shape
     S = PRIOR_STUDENT_DRAWS
-    h = GPFunction().hyperparameters(torch.ones((S, 1, F), dtype=xc.dtype), g)
-    lo, hi = (math.log(v) for v in NOISE_RANGE)
-    sd = torch.exp(lo + (hi - lo) * torch.rand((S,), generator=g, dtype=xc.dtype))
+    h, sd = _draw_gps(S, F, xc.dtype, g)
     nu = torch.randint(STUDENT_DF[0], STUDENT_DF[1] + 1, (S,), generator=g).to(xc.dtype)
     iqr = _t_iqr_ratio(nu)
     h, sd, nu, iqr = ({key: v.to(xc.device) for key, v in h.items()}, sd.to(xc.device),
@@ -581,16 +601,9 @@ def _student_fit(xc, yc, g):
                  - half * lam).sum(-1)
     entropy = (shape - torch.log(rate) + torch.lgamma(shape)
                + (1 - shape) * torch.digamma(shape)).sum(-1)
-    logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    kl = 0.5 * ((n * dA).sum(-1) + (alpha * m).sum(-1) - k + logdet - torch.log(n).sum(-1))
-    elbo = expected + log_prior + entropy - kl
-    elbo = torch.where(info == 0, elbo, torch.full_like(elbo, -math.inf))
-    post, idx = _keep(elbo)
-    take = lambda t: _take(t, idx)  # noqa: E731
-    return {"x": xc, "h": {key: v[idx] for key, v in h.items()}, "a2": a2[idx],
-            "noise": (scale2[:, 0] * iqr**2)[idx], "row": take(row), "tot": take(tot),
-            "scale": take(scale), "L": take(L), "alpha": take(alpha), "post": post,
-            "evidence": torch.logsumexp(elbo, -1) - math.log(S)}
+    elbo = expected + log_prior + entropy - _kl_of_f(n, dA, alpha, m, L)
+    return _mean_field_draws(xc, h, a2, (row, tot, scale), L, info, alpha, elbo,
+                             noise=scale2[:, 0] * iqr**2)
 
 
 def _t_iqr_ratio(nu):
