@@ -122,10 +122,10 @@ PRIOR_BIMODAL, PRIOR_BIMODAL_DRAWS, BIMODAL_ITERS, BIMODAL_GAP = 0.25, 256, 15, 
 MIXTURE_MIN = 1e-4
 # And PRIOR_STUDENT_DRAWS draws have the prior's Student-t noise (priors.add_noise: sd t_nu,
 # nu uniform in STUDENT_DF): their posterior over f and each point's noise precision is
-# mean-field (STUDENT_ITERS steps: 3 score as well as 8, and the
-# member takes 30 % less time at 100 points, docs/functions.md), their evidence its lower bound; they have prior weight
-# PRIOR_STUDENT against the Gaussian draws (the two of them share 1 - PRIOR_BIMODAL). Their
-# predictive joins the Gaussian draws' moments, the t noise as the Gaussian of equal
+# mean-field (STUDENT_ITERS steps: 3 score as well as 8, and the member takes 30 % less
+# time at 100 points, docs/functions.md), their evidence its lower bound; they have prior
+# weight PRIOR_STUDENT against the Gaussian draws (the two of them share 1 - PRIOR_BIMODAL).
+# Their predictive joins the Gaussian draws' moments, the t noise as the Gaussian of equal
 # interquartile range: f is not pulled towards outliers (heavy-tailed GP draws, CRPS / ARD
 # GP with the features alone: 0.900 -> 0.890, docs/functions.md).
 PRIOR_STUDENT, PRIOR_STUDENT_DRAWS, STUDENT_ITERS, STUDENT_DF = 0.25, 256, 3, (2, 10)
