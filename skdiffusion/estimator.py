@@ -22,10 +22,11 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, va
 from .checkpoint import CONFIG, read_config
 from .config import ModelConfig, named_model, pretrain_command
 from .diffusion import NoiseSchedule, draw_noise, n_noise_draws
-from .inference import sample_context_parts
+from .inference import context_fit, sample_context_parts
 from .pretrained import build, get_denoiser, load_directory, takes_wide_inputs
 
 _RUNTIME = weakref.WeakKeyDictionary()  # denoiser -> {device: its runtime copy}
+_CONTEXT_FITS = weakref.WeakKeyDictionary()  # estimator -> ((its context, runtime copy), fit)
 
 
 class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
@@ -35,7 +36,9 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     data as its context and draws samples of y at each query point by running a Gaussian
     diffusion (DDPM or DDIM) chain backwards. ``predict`` returns the mean of those
     samples; ``sample`` and ``predict_quantiles`` expose the predictive distribution
-    itself. ``fit`` trains nothing: it stores the (standardized) context.
+    itself. ``fit`` trains nothing: it stores the (standardized) context. The closed-form
+    baseline the network corrects is fitted to that context at the first ``predict`` or
+    ``sample`` call and reused by the later ones.
 
     Parameters
     ----------
@@ -256,13 +259,28 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
         as_t = lambda a: torch.as_tensor(a, device=device, dtype=dtype)[None]  # noqa: E731 (batch of 1)
         noise = torch.stack([self._query_noise(x_q, per, draws, seed + j, device)
                              for j in range(len(subsets))], dim=1).to(dtype)
+        fit = (self._stored_context_fit(model, as_t) if context is None
+               else context_fit(model, as_t(x_ctx), as_t(y_ctx)))
         s = sample_context_parts(
             model, schedule, [(as_t(x_ctx[rows]), as_t(y_ctx[rows])) for rows in subsets],
             as_t(x_q), noise[:, :, None], kw["sampler"], kw["n_steps"], kw["eta"],
-            self.model_spec_["prediction_type"], progress=self.verbose > 0)
+            self.model_spec_["prediction_type"], progress=self.verbose > 0, fit=fit)
         pooled = s[:, 0].cpu().numpy()  # (n_parts, n_queries, per)
         samples = pooled.transpose(1, 2, 0).reshape(len(x_q), -1)[:, :n_samples]
         return samples, y_scaler
+
+    def _stored_context_fit(self, model, as_t):
+        """The baseline's :func:`~skdiffusion.inference.context_fit` to the context that
+        ``fit`` stored, for the runtime denoiser ``model``: computed at the first call
+        after ``fit`` and kept for the later ones, outside the estimator's state (like the
+        runtime copy itself: neither pickled nor copied; it depends on the context and
+        the denoiser alone, not on ``random_state``)."""
+        key = (self.X_train_, self.y_train_, model)
+        hit = _CONTEXT_FITS.get(self)
+        if hit is None or any(a is not b for a, b in zip(hit[0], key)):
+            fit = context_fit(model, as_t(self.X_train_), as_t(self.y_train_))
+            hit = _CONTEXT_FITS[self] = (key, fit)
+        return hit[1]
 
     def sampler_settings(self, timesteps=None):
         """The reverse-chain settings ``predict`` and ``sample`` use, as keywords of

@@ -54,7 +54,23 @@ EXTRAPOLATION = 2.0
 REFLECT = True
 
 
-def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False):
+def context_fit(model, x_ctx, y_ctx):
+    """The baseline's fit to a whole context, x_ctx (B, k, d) and y_ctx (B, k)
+    standardized, that a model with ``whole_context_baseline`` (the GP baseline) gives
+    every part of it (from ``WHOLE_CONTEXT_MAX`` of its points, evenly spaced, when it has
+    more); None for other models. It depends on the context alone, so it can be computed
+    once for all the queries of a context (:func:`sample_context_parts`' ``fit``)."""
+    if not getattr(model, "whole_context_baseline", False):
+        return None
+    x_ctx = _model_columns(model, x_ctx)
+    if y_ctx.shape[1] > WHOLE_CONTEXT_MAX:
+        rows = torch.linspace(0, y_ctx.shape[1] - 1, WHOLE_CONTEXT_MAX,
+                              device=y_ctx.device).round().long()
+        x_ctx, y_ctx = x_ctx[:, rows], y_ctx[:, rows]
+    return model._baseline_fit(x_ctx, y_ctx, torch.ones_like(y_ctx, dtype=torch.bool))
+
+
+def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False, fit=None):
     """(closure ``denoise(y_t, t)`` for a :class:`~skdiffusion.head.HeadDenoiser`, the
     variance (B, n_blocks * m, 1) of the Gaussian baseline at each query).
 
@@ -76,8 +92,8 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
 
     A model with ``whole_context_baseline`` (the GP baseline) given several parts of one
     context takes its baseline's fit, for context and query tokens alike, from all the
-    parts together (from ``WHOLE_CONTEXT_MAX`` of their points, evenly spaced, when they
-    have more); the transformer still attends to one part at a time. A model with
+    parts together (:func:`context_fit` of them, or ``fit`` where the caller has it);
+    the transformer still attends to one part at a time. A model with
     ``wide_inputs`` (the ARD baseline) also takes x with more than ``max_features``
     columns: its baseline is fitted to and evaluated at all of them, and the transformer
     reads the ``max_features`` most relevant (:func:`~skdiffusion.kernels.relevant_features`).
@@ -89,16 +105,11 @@ def make_head_denoise_fn(model, contexts, x_q, chunk=QUERY_CHUNK, reflect=False)
     m = x_q.shape[1]
     wide = x_q.shape[-1] > model.max_features
     x_pad = torch.nn.functional.pad(x_q, (0, 0, 0, -m % chunk))
-    whole, view = None, lambda x: x  # noqa: E731 (the transformer's columns of x)
+    whole, view = fit, lambda x: x  # noqa: E731 (the transformer's columns of x)
     shared_fit = len(contexts) > 1 or wide or reflect  # one fit serves every block
-    if shared_fit and getattr(model, "whole_context_baseline", False):
-        x_all = torch.cat([x for x, _ in contexts], 1)
-        y_all = torch.cat([y for _, y in contexts], 1)
-        if y_all.shape[1] > WHOLE_CONTEXT_MAX:
-            rows = torch.linspace(0, y_all.shape[1] - 1, WHOLE_CONTEXT_MAX,
-                                  device=y_all.device).round().long()
-            x_all, y_all = x_all[:, rows], y_all[:, rows]
-        whole = model._baseline_fit(x_all, y_all, torch.ones_like(y_all, dtype=torch.bool))
+    if whole is None and shared_fit:
+        whole = context_fit(model, torch.cat([x for x, _ in contexts], 1),
+                            torch.cat([y for _, y in contexts], 1))
     if wide:
         cols = relevant_features(whole, model.max_features)[:, None]       # (B, 1, F)
         view = lambda x: torch.gather(x, 2, cols.expand(-1, x.shape[1], -1))  # noqa: E731
@@ -194,6 +205,14 @@ def beyond_context(x_ctx, x_q):
     return torch.maximum(below, above).clamp(min=0).amax(-1)
 
 
+def _model_columns(model, x):
+    """x (..., d) zero-padded to the model's ``max_features`` columns, or as it is where
+    it has more and the model takes ``wide_inputs``."""
+    if x.shape[-1] > model.max_features and getattr(model, "wide_inputs", False):
+        return x
+    return pad_features(x, model.max_features)
+
+
 def _pad_rows(a, multiple):
     """``a`` zero-padded along its first axis to a multiple of ``multiple``."""
     return torch.nn.functional.pad(a, (0, 0) * (a.dim() - 1) + (0, -len(a) % multiple))
@@ -223,7 +242,7 @@ def sample_standardized(model, schedule, x_ctx, y_ctx, x_q, noise, sampler="ddpm
 @torch.no_grad()
 def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", n_steps=None,
                          eta=0.0, prediction_type="v", variance="beta", chunk_size=4096,
-                         progress=False):
+                         progress=False, fit=None):
     """Samples (n_parts, B, m, n_samples) at x_q (B, m, d) given each of several contexts
     [(x_ctx (B, k_j, d), y_ctx (B, k_j)), ...] (e.g. the parts of a context too large for
     the model); ``noise`` has shape (n_draws, n_parts, B, m, n_samples).
@@ -239,12 +258,13 @@ def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", 
     pairs e, -e become pairs of one draw from each context), those of a trained network
     lose the part that breaks the symmetry (such as a bias). The transformer then runs
     twice; the head as often as before; the GP baseline's fit once.
+
+    ``fit``: the whole context's :func:`context_fit`, if already computed; by default
+    it is fitted to the parts together.
     """
-    F = model.max_features
-    wide = x_q.shape[-1] > F and getattr(model, "wide_inputs", False)
-    if not wide:
-        contexts = [(pad_features(x, F), y) for x, y in contexts]
-        x_q = pad_features(x_q, F)
+    wide = x_q.shape[-1] > model.max_features and getattr(model, "wide_inputs", False)
+    contexts = [(_model_columns(model, x), y) for x, y in contexts]
+    x_q = _model_columns(model, x_q)
     if not getattr(model, "per_query_head", False):
         out = torch.stack([
             sample(make_denoise_fn(model, x_ctx, y_ctx, x_q, chunk_size), schedule, noise[:, j],
@@ -258,7 +278,7 @@ def sample_context_parts(model, schedule, contexts, x_q, noise, sampler="ddpm", 
             back = torch.nn.functional.pad(-noise[..., h:], (0, 2 * h - n_samples))
             drive = torch.cat([noise[..., :h], back], 1)
         flat = drive.permute(0, 2, 1, 3, 4).reshape(n_draws, B, -1, drive.shape[-1])
-        denoise, y0_var = make_head_denoise_fn(model, contexts, x_q, reflect=REFLECT)
+        denoise, y0_var = make_head_denoise_fn(model, contexts, x_q, reflect=REFLECT, fit=fit)
         out = sample(denoise, schedule, flat, sampler, n_steps, eta, prediction_type,
                      variance, progress, y0_var)
         out = out.reshape(B, -1, m, drive.shape[-1]).transpose(0, 1)

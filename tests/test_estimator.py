@@ -95,6 +95,40 @@ def test_large_context_is_split_and_pooled(tiny):
     assert reg.score(X[200:], y[200:]) > 0.8
 
 
+def test_the_baseline_is_fitted_once_per_stored_context(monkeypatch):
+    """The default model's GP baseline is fitted to the context that ``fit`` stored at the
+    first call and reused by the later ones, which sample what the first did; a
+    ``context=`` call fits its own; a refit, a copy or a pickle gets the fit of its
+    context: its samples are a fresh estimator's."""
+    import copy
+    import pickle
+
+    from skdiffusion import kernels
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(45, 2))
+    y = np.sin(2 * X[:, 0]) + X[:, 1]
+    calls = []
+    fit_gp = kernels.fit_gp
+    monkeypatch.setattr(kernels, "fit_gp", lambda *a, **k: calls.append(1) or fit_gp(*a, **k))
+    reg = DiffusionICLRegressor(random_state=0, n_samples=8).fit(X[:30], y[:30])
+    first = reg.sample(X[40:])
+    np.testing.assert_array_equal(reg.sample(X[40:]), first)
+    reg.predict(X[40:], return_std=True)
+    reg.predict_quantiles(X[40:])
+    assert len(calls) == 1
+    other = reg.sample(X[40:], context=(X[10:40], y[10:40]))
+    assert len(calls) == 2 and np.abs(other - first).max() > 1e-3
+    np.testing.assert_array_equal(reg.sample(X[40:]), first)
+    assert len(calls) == 2
+    reg.fit(X[10:40], y[10:40])
+    np.testing.assert_array_equal(reg.sample(X[40:]), other)
+    assert len(calls) == 3
+    for copied in (pickle.loads(pickle.dumps(reg)), copy.deepcopy(reg)):
+        np.testing.assert_array_equal(copied.sample(X[40:]), other)
+    assert len(calls) == 5
+
+
 def test_the_default_model_reads_more_features_than_it_was_trained_on():
     """Friedman 1 with 15 features (10 of them noise) against a model meta-trained on at
     most 10: the shipped default finds the five that matter (R^2 0.89-0.94 over seeds
