@@ -71,7 +71,8 @@ def test_family_ceiling(tmp_path):
 def test_speed(micro_model):
     text = run(ROOT / "benchmarks" / "speed.py", "--head", micro_model, "--repeat", 1,
                "--threads", 1, "--only", "head")  # the set model's timing takes a minute
-    assert text.count("| 1 |") == 1 and "head" in text
+    row = next(line for line in text.splitlines() if line.startswith("| head"))
+    assert text.count("| 1 |") == 1 and row.count(" / ") == 2  # first and second predict
 
 
 def test_family_curves(micro_model, tmp_path):
