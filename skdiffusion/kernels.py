@@ -411,7 +411,8 @@ def _centred_cross(fit, xq):
     Kx = GPFunction.kernel(h, Xq, xc).view(B, n, -1, k)
     rx = Kx.mean(-1)                                                      # (B, n, Q)
     tot, scale = fit["tot"][..., None], fit["scale"][..., None]
-    Cx = scale[..., None] * (Kx - rx[..., None] - fit["row"][:, :, None] + tot[..., None])
+    Cx = Kx.sub_(rx[..., None]).sub_(fit["row"][:, :, None]).add_(tot[..., None])
+    Cx.mul_(scale[..., None])
     kxx = GPFunction.kernel_diagonal(h, Xq).view(B, n, -1)
     return Cx, scale * (kxx - 2 * rx + tot)
 
@@ -641,7 +642,8 @@ def _prior_moments(pf, x, chunk=2**23):
     out, branches = [], []
     for xq in x.split(max(1, chunk // (B * n_all * k)), dim=1):
         Cx, cxx = _centred_cross(pf, xq)
-        Bm = torch.linalg.solve_triangular(pf["L"], (Cx + INTERCEPT).transpose(-1, -2), upper=False)
+        Bm = torch.linalg.solve_triangular(pf["L"], Cx.add_(INTERCEPT).transpose(-1, -2),
+                                           upper=False)
         mu = (pf["a"][..., None] * Bm).sum(-2)                             # (B, n, Q)
         s2 = pf["s2"][..., None]
         noise = _prior_noise(pf["sd"], pf["u"], xq)
@@ -664,7 +666,7 @@ def _f_at(fit, xq):
     :func:`_student_fit`)."""
     Cx, cxx = _centred_cross(fit, xq)
     a2 = fit["a2"][..., None]                                             # (B, n, 1)
-    Kx = a2[..., None] * Cx + INTERCEPT
+    Kx = Cx.mul_(a2[..., None]).add_(INTERCEPT)
     mf = (Kx * fit["alpha"][:, :, None]).sum(-1)                          # (B, n, Q)
     Bm = torch.linalg.solve_triangular(fit["L"], Kx.transpose(-1, -2), upper=False)
     return mf, (a2 * cxx + INTERCEPT - (Bm * Bm).sum(-2)).clamp(min=0)
