@@ -163,6 +163,30 @@ def test_gp_kernel_between_two_sets_is_the_block_of_the_covariance_over_both():
     torch.testing.assert_close(GPFunction.kernel_diagonal(h, X), K.diagonal(dim1=1, dim2=2))
 
 
+def test_gp_kernel_is_its_closed_form_for_every_kind():
+    """Each task's kernel against its formula, entry by entry in NumPy: RBF exp(-r^2 / 2)
+    or Matern-5/2 (1 + s + s^2 / 3) exp(-s), s = sqrt(5) r, of the distance r scaled by
+    the lengthscales over the relevant columns, plus x . x' / d for a linear part; tasks
+    of all four kinds in one batch, in mixed order."""
+    from skdiffusion.priors import GPFunction
+
+    g = torch.Generator().manual_seed(3)
+    Xa = torch.randn(24, 7, 3, dtype=torch.float64, generator=g)
+    Xb = torch.randn(24, 5, 3, dtype=torch.float64, generator=g)
+    h = GPFunction(p_linear=0.5).hyperparameters(Xa, g)
+    kinds = {(int(a), int(b)) for a, b in zip(h["rbf"].flatten(), h["lin"].flatten())}
+    assert kinds == {(0, 0), (0, 1), (1, 0), (1, 1)} and (h["rel"] == 0).any()
+    got = GPFunction.kernel(h, Xa, Xb).numpy()
+    for i in range(24):
+        rel, ls, d = (h[key][i].numpy() for key in ("rel", "ls", "d"))
+        a, b = Xa[i].numpy() * rel, Xb[i].numpy() * rel
+        r = np.sqrt((((a[:, None] - b[None]) / ls) ** 2).sum(-1))
+        s = np.sqrt(5) * r
+        K = np.exp(-r**2 / 2) if h["rbf"][i] else (1 + s + s**2 / 3) * np.exp(-s)
+        K = K + h["lin"][i].item() * (a @ b.T) / d
+        np.testing.assert_allclose(got[i], K, rtol=1e-10, atol=1e-12)
+
+
 def test_recorded_truth_rebuilds_each_draw_and_changes_nothing():
     """``truth`` holds the law each task was drawn from: the GP draw, rebuilt from y (noise
     1e-6) by its shift and scale and whitened by its covariance, is standard normal; and
