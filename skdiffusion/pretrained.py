@@ -123,6 +123,15 @@ def load_directory(directory):
     return _MEMORY[key]
 
 
+def trained_directory(key):
+    """The directory of the trained model with cache key ``key`` (shipped, then on disk),
+    or None."""
+    for directory in (os.path.join(SHIPPED_DIR, key), os.path.join(cache_dir(), key)):
+        if os.path.exists(os.path.join(directory, WEIGHTS)):
+            return directory
+    return None
+
+
 def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu", rank=0,
              checkpoint_every=None):
     """Meta-train ``spec`` into ``out_dir`` (resuming from its training checkpoint).
@@ -130,12 +139,20 @@ def pretrain(spec, out_dir, verbose=1, callback=None, command=None, device="cpu"
     The checkpoint is written every ``checkpoint_every`` steps (default: every 1,000, or
     at the end of shorter runs). Under ``torchrun`` every rank calls this; only ``rank`` 0
     writes the model. The summary stored with it keeps the loss logged every 50 steps
-    (``loss_history``, an exponential moving average of the batch loss)."""
+    (``loss_history``, an exponential moving average of the batch loss). With
+    ``spec["train"]["init"]`` the run starts from that trained model's weights (a
+    fine-tune; its optimizer state starts afresh)."""
     model, schedule = build(spec)
     os.makedirs(out_dir, exist_ok=True)
     state = os.path.join(out_dir, "train_state.pt")
     t0 = time.time()
     cfg = TrainConfig(**spec["train"])
+    if cfg.init is not None:
+        source = trained_directory(cfg.init)
+        if source is None:
+            raise ValueError(f"init: no trained model with cache key {cfg.init!r} is shipped "
+                             f"or in {cache_dir()}")
+        load_weights(source, model)
     history = train(model, schedule, _prior(spec), cfg, spec["prediction_type"],
                     pairs=train_pairs(spec),
                     checkpoint_path=state, verbose=verbose,
@@ -185,10 +202,10 @@ def get_denoiser(spec, verbose=0, allow_training=False, command=None):
     key = spec_key(spec)
     if key in _MEMORY:
         return _MEMORY[key]
-    for directory in (os.path.join(SHIPPED_DIR, key), os.path.join(cache_dir(), key)):
-        if os.path.exists(os.path.join(directory, WEIGHTS)):
-            _MEMORY[key] = load(directory, spec)
-            return _MEMORY[key]
+    directory = trained_directory(key)
+    if directory is not None:
+        _MEMORY[key] = load(directory, spec)
+        return _MEMORY[key]
     out = os.path.join(cache_dir(), key)
     done = training_state_step(os.path.join(out, "train_state.pt"))
     per_step = seconds_per_step(spec)

@@ -61,9 +61,17 @@ class TrainConfig:
     curriculum_steps: int = 0    # ramp d and n up over this many steps (0: off)
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    echo: int = 1                # optimizer steps per drawn batch, each with fresh (t, noise)
+    init: str | None = None      # cache key of a trained model whose weights start the run
 
     def to_dict(self):
-        return asdict(self)
+        """The fields as a dict; ``echo`` and ``init`` only where they differ from their
+        defaults, so configurations (and cache keys) from before they existed stay valid."""
+        out = asdict(self)
+        for name, default in (("echo", 1), ("init", None)):
+            if out[name] == default:
+                del out[name]
+        return out
 
 
 def lr_at(step, cfg):
@@ -147,13 +155,14 @@ def rank_divergence(model):
 
 
 def _draw_step(model, schedule, prior, cfg, step, g, device, pairs):
-    """Everything random in a training step, from ``g`` in a fixed order (the tasks, then
-    their noise levels), and the tasks' baseline features for a model with a per-query
-    head: (batch, (t, eps), features or None, the state of ``g`` after)."""
+    """Everything random in the ``cfg.echo`` training steps from ``step`` on, from ``g`` in
+    a fixed order (the tasks, then a (t, eps) per step), and the tasks' baseline features
+    for a model with a per-query head: (batch, [(t, eps)] * echo, features or None, the
+    state of ``g`` after)."""
     d, n = curriculum(step, cfg, model.max_features)
     batch = sample_tasks(prior, cfg.batch_size, n, model.max_features, g,
                          min(cfg.min_features, d), d, cfg.max_context).to(device)
-    noise = draw_noise_levels(schedule, batch, g, pairs)
+    noise = [draw_noise_levels(schedule, batch, g, pairs) for _ in range(cfg.echo)]
     state = g.get_state()
     feats = (model.features(batch.x, batch.y, batch.is_context)
              if getattr(model, "per_query_head", False) else None)
@@ -166,6 +175,14 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     """Meta-train ``model`` in place; resumes from ``checkpoint_path`` if it exists.
 
     ``pairs``: (t, noise) draws per target token (see :func:`scaled_errors`).
+
+    ``cfg.echo`` > 1 reuses each drawn batch and its features for that many optimizer
+    steps, each with its own (t, noise) draws ("data echoing", Choi et al. 2019): where
+    drawing tasks and their baseline features is most of a step (a 128-task batch of the
+    default model: 16.5 s of features against 0.85 s for the network's forward and
+    backward pass, two threads), echoing buys optimizer steps for little time.
+    Checkpoints and ``callback`` fall on the end of a batch's steps (``checkpoint_every``
+    is rounded up to a multiple of ``echo``), so runs resume as before.
 
     Tasks are drawn on the CPU (deterministic under ``cfg.seed`` and the rank) and moved
     to ``device``. With ``prefetch`` a second thread draws each step's tasks and noise
@@ -181,6 +198,9 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     ``callback(step, model)`` runs on rank 0 every ``checkpoint_every`` steps (e.g. a
     benchmark for a learning curve). Returns the list of (step, loss) logged.
     """
+    if cfg.echo < 1:
+        raise ValueError(f"echo must be a positive number of steps per batch, got {cfg.echo}")
+    checkpoint_every = -(-checkpoint_every // cfg.echo) * cfg.echo
     rank = _rank()
     model.to(device)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -203,31 +223,32 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     ahead = pool.submit(draw, step) if pool and step < cfg.n_steps else None
     try:
         while step < cfg.n_steps:
-            batch, noise, feats, g_state = ahead.result() if pool else draw(step)
-            if pool and step + 1 < cfg.n_steps:
-                ahead = pool.submit(draw, step + 1)  # the next step's, beside this one
-            loss = diffusion_loss(net, schedule, batch, prediction_type, None, cfg.huber_delta,
-                                  pairs, noise, feats)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; "
-                                         "lower learning_rate or check the prior")
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            if step % TRIM_EVERY == 0:
-                release_heap()
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            if step % 50 == 0 or step == cfg.n_steps:
-                history.append((step, running))
-                bar.set_postfix(loss=f"{running:.4f}")
-            bar.update(1)
+            batch, noises, feats, g_state = ahead.result() if pool else draw(step)
+            if pool and step + cfg.echo < cfg.n_steps:
+                ahead = pool.submit(draw, step + cfg.echo)  # the next batch's, beside this one
+            for noise in noises[:cfg.n_steps - step]:
+                loss = diffusion_loss(net, schedule, batch, prediction_type, None,
+                                      cfg.huber_delta, pairs, noise, feats)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; "
+                                             "lower learning_rate or check the prior")
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                step += 1
+                if step % TRIM_EVERY == 0:
+                    release_heap()
+                running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+                if step % 50 == 0 or step == cfg.n_steps:
+                    history.append((step, running))
+                    bar.set_postfix(loss=f"{running:.4f}")
+                bar.update(1)
             if rank == 0 and (step % checkpoint_every == 0 or step == cfg.n_steps):
                 if checkpoint_path:
-                    drawn = torch.Generator()  # g as it was after this step's draws
+                    drawn = torch.Generator()  # g as it was after this batch's draws
                     drawn.set_state(g_state)
                     save_training_state(checkpoint_path, model, opt, drawn, step, history)
                 if callback is not None:

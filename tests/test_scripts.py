@@ -24,12 +24,14 @@ def run(*args, cwd=ROOT):
 
 @pytest.fixture(scope="module")
 def micro_model(tmp_path_factory):
-    """A head model directory written by the GPU recipe's script, trained 4 steps."""
+    """A head model directory written by the GPU recipe's script, trained 4 steps (two
+    batches, each echoed for two steps)."""
     out = tmp_path_factory.mktemp("runs") / "micro"
     run(ROOT / "scripts" / "pretrain_on_budget.py", "--out", out, "--steps", 4,
-        "--config", json.dumps(MICRO))
+        "--config", json.dumps(MICRO), "--train", json.dumps({"echo": 2}))
     stored = json.loads((out / "config.json").read_text())
     assert stored["config"]["architecture"] == "head" and stored["summary"]["steps"] == 4
+    assert stored["config"]["train"]["echo"] == 2
     return out
 
 

@@ -238,3 +238,70 @@ def test_pretrain_cli_logs_a_learning_curve(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
     assert all(r > 0 for line in lines for r in line["ratio"].values())
+
+
+def test_echo_and_init_leave_earlier_configurations_as_they_were(tmp_path):
+    """``echo`` and ``init`` enter a configuration only where set, so the cache keys of
+    models trained before they existed (the shipped ones among them) stay valid."""
+    assert "echo" not in spec()["train"] and "init" not in spec()["train"]
+    assert spec(echo=3, init="abc")["train"]["echo"] == 3
+    with pytest.raises(ValueError, match="echo"):
+        pretrain(spec(echo=0), str(tmp_path), verbose=0)
+
+
+def test_echo_trains_each_batch_for_its_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    """With ``echo`` = 2 each drawn batch and its baseline features serve two optimizer
+    steps, each with its own (t, noise), the features unchanged by the first; a run
+    killed at a checkpoint (``checkpoint_every`` 3 rounds up to 4, the end of a batch)
+    and restarted ends where an uninterrupted run ends."""
+    from skdiffusion import training
+
+    draws, seen = [], []
+    sample, loss = training.sample_tasks, training.diffusion_loss
+    monkeypatch.setattr(training, "sample_tasks", lambda *a: draws.append(1) or sample(*a))
+
+    def recording_loss(model, schedule, batch, *args):
+        seen.append((args[-1].clone(), args[-2][1].clone()))  # the features, the noise
+        return loss(model, schedule, batch, *args)
+
+    monkeypatch.setattr(training, "diffusion_loss", recording_loss)
+    full, _ = pretrain(ard_spec(n_steps=8, echo=2), str(tmp_path / "full"), verbose=0)
+    assert len(draws) == 4 and len(seen) == 8
+    for (f1, e1), (f2, e2) in zip(seen[::2], seen[1::2]):
+        assert torch.equal(f1, f2) and not torch.equal(e1, e2)
+    assert not torch.equal(seen[0][0], seen[2][0])  # the next batch is a new one
+    once, _ = pretrain(ard_spec(n_steps=8), str(tmp_path / "once"), verbose=0)
+    assert len(draws) == 12 and not torch.equal(weights(once), weights(full))
+
+    class Killed(Exception):
+        pass
+
+    killed_at = []
+
+    def kill(step, model):
+        killed_at.append(step)
+        raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(ard_spec(n_steps=8, echo=2), str(tmp_path / "part"), verbose=0,
+                 checkpoint_every=3, callback=kill)
+    assert killed_at == [4]
+    resumed, _ = pretrain(ard_spec(n_steps=8, echo=2), str(tmp_path / "part"), verbose=0)
+    torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
+
+
+def test_init_starts_from_the_trained_model_of_a_cache_key(tmp_path, monkeypatch):
+    from skdiffusion.pretrained import spec_key
+
+    monkeypatch.setenv("SKDIFFUSION_CACHE", str(tmp_path / "cache"))
+    base = spec(n_steps=6)
+    trained, _ = pretrain(base, str(tmp_path / "cache" / spec_key(base)), verbose=0)
+    start, _ = pretrain(spec(n_steps=0, init=spec_key(base)), str(tmp_path / "s"), verbose=0)
+    assert torch.equal(weights(start), weights(trained))
+    tuned, _ = pretrain(spec(n_steps=2, init=spec_key(base)), str(tmp_path / "t"), verbose=0)
+    fresh, _ = pretrain(spec(n_steps=2), str(tmp_path / "f"), verbose=0)
+    assert not torch.equal(weights(tuned), weights(trained))
+    moved = (weights(tuned) - weights(trained)).abs().max()
+    assert moved < (weights(fresh) - weights(trained)).abs().max()
+    with pytest.raises(ValueError, match="no trained model with cache key 'nope'"):
+        pretrain(spec(init="nope"), str(tmp_path / "n"), verbose=0)
