@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from skdiffusion.checkpoint import save_model
+from skdiffusion.checkpoint import save_model, training_state_step
 from skdiffusion.config import ModelConfig
 from skdiffusion.pretrained import pretrain, seconds_per_step
 from skdiffusion.training import TrainConfig
@@ -68,10 +68,14 @@ def main():
               flush=True)
     spec = make(config_kw, overrides, n_steps, train)
 
+    done = [training_state_step(os.path.join(args.out, "train_state.pt"))]
+
     def snapshot(step, model):
-        if step in SNAPSHOTS:
+        """Weights at the first checkpoint at or after each of SNAPSHOTS (named by step)."""
+        if any(done[0] < s <= step for s in SNAPSHOTS):
             save_model(os.path.join(args.out, "snapshots", str(step)), model, spec,
                        {"steps": step, "seconds": round(time.time() - start, 1)})
+        done[0] = step
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv) + note
     pretrain(spec, args.out, verbose=1, callback=snapshot, command=command, device=device,

@@ -73,6 +73,11 @@ class ModelConfig:
         What the network predicts.
     n_train_steps, batch_size, learning_rate : default=8000, 128, 1e-3
         Meta-training optimizer steps, tasks per step and peak AdamW learning rate.
+    echo : int, default=1
+        Optimizer steps per drawn batch of tasks, each with fresh diffusion noise ("data
+        echoing"): where drawing tasks and their baseline features costs more than the
+        network's step, as for the GP baselines on a CPU, a run of ``n_train_steps`` then
+        draws ``echo`` times fewer tasks (docs/functions.md, "Data echoing").
     variance_cap : float, default=10.0
         Largest variance (standardized units of y) of the in-context linear baseline the
         denoiser corrects.
@@ -100,6 +105,7 @@ class ModelConfig:
     n_train_steps: int = 8000
     batch_size: int = 128
     learning_rate: float = 1e-3
+    echo: int = 1
     variance_cap: float = VARIANCE_CAP
     centred_dof: bool = False
     seed: int = 0
@@ -124,7 +130,7 @@ class ModelConfig:
                      learning_rate=float(self.learning_rate),
                      warmup_steps=max(1, min(500, self.n_train_steps // 10)),
                      n_points=self.max_context + 16, max_context=self.max_context,
-                     seed=self.seed)
+                     seed=self.seed, echo=self.echo)
         head = dict(width=self.head_width, depth=self.head_depth, pairs=self.head_pairs)
         if self.baseline != "ridge":  # absent for ridge: earlier head keys stay valid
             head["baseline"] = self.baseline
@@ -135,7 +141,7 @@ class ModelConfig:
 
     def _validate(self):
         positive = ("max_features", "max_context", "n_layer", "n_embd", "n_head", "head_width",
-                    "head_depth", "head_pairs", "n_train_steps", "batch_size")
+                    "head_depth", "head_pairs", "n_train_steps", "batch_size", "echo")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

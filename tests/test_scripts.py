@@ -130,3 +130,17 @@ def test_extrapolation(micro_model, tmp_path):
                "--ds", "1,2", "--tasks", 3, "--queries", 4, "--samples", 4, "--out", out)
     assert "| 12 | inside |" in text and "| all | " in text
     assert out.read_text().strip() == text.strip()
+
+
+def test_echo_benchmark(tmp_path):
+    out = tmp_path / "echo.md"
+    text = run(ROOT / "benchmarks" / "echo.py", "--batches", 2, "--echo", 2, "--held-out", 1,
+               "--out", out)
+    table = out.read_text()
+    assert table.strip() in text
+    # the untrained model, echo 1 at 2 batches, echo 2 at 2 batches, echo 1 at 4 batches
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("| untrained", "0", "0"), ("| 1", "2", "2"), ("| 2", "2", "4"), ("| 1", "4", "4")]
+    losses = [float(r[4]) for r in rows]
+    assert len(set(losses)) == 4 and all(0 < v < 10 for v in losses)

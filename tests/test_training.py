@@ -245,6 +245,11 @@ def test_echo_and_init_leave_earlier_configurations_as_they_were(tmp_path):
     models trained before they existed (the shipped ones among them) stay valid."""
     assert "echo" not in spec()["train"] and "init" not in spec()["train"]
     assert spec(echo=3, init="abc")["train"]["echo"] == 3
+    from skdiffusion.config import ModelConfig
+    from skdiffusion.pretrained import spec_key, trained_directory
+    assert "echo" not in ModelConfig().spec()["train"]
+    assert ModelConfig(echo=4).spec()["train"]["echo"] == 4
+    assert "weights" in trained_directory(spec_key(ModelConfig().spec()))  # shipped
     with pytest.raises(ValueError, match="echo"):
         pretrain(spec(echo=0), str(tmp_path), verbose=0)
 
