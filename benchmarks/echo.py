@@ -34,8 +34,9 @@ def held_out_loss(model, schedule, tasks, pairs):
     """Mean diffusion loss over the held-out batches, noise seeded per batch."""
     model.eval()
     with torch.no_grad():
-        return sum(diffusion_loss(model, schedule, b, "v", torch.Generator().manual_seed(i),
-                                  3.0, pairs=pairs).item() for i, b in enumerate(tasks)) / len(tasks)
+        losses = [diffusion_loss(model, schedule, b, "v", torch.Generator().manual_seed(i), 3.0,
+                                 pairs=pairs).item() for i, b in enumerate(tasks)]
+    return sum(losses) / len(losses)
 
 
 def run(batches, echoes, baseline="ridge", held_out=2):
@@ -66,12 +67,13 @@ def run(batches, echoes, baseline="ridge", held_out=2):
 
 
 def markdown(rows, command):
-    lines = [f"`{command}` ({torch.get_num_threads()} torch threads)", "",
+    lines = [f"`{command}` (torch threads: {torch.get_num_threads()})", "",
              "| echo | batches | fresh tasks | optimizer steps | held-out loss | seconds |",
              "|---|---|---|---|---|---|"]
     for echo, batches, fresh, steps, loss, seconds in rows:
         name = "untrained" if steps == 0 else str(echo)
-        lines.append(f"| {name} | {batches} | {fresh:,} | {steps:,} | {loss:.4f} | {seconds:.0f} |")
+        lines.append(f"| {name} | {batches:,} | {fresh:,} | {steps:,} | {loss:.4f} "
+                     f"| {seconds:.0f} |")
     return "\n".join(lines) + "\n"
 
 
