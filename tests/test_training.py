@@ -104,25 +104,29 @@ def test_set_denoiser_takes_one_draw_per_token():
         diffusion_loss(model, schedule, batch, "v", torch.Generator(), 3.0, pairs=2)
 
 
+def killed_at(s, out, checkpoint_every):
+    """Run ``pretrain(s)`` into ``out`` until its first checkpoint, then kill it (an
+    exception from the callback); the step it was killed at."""
+    class Killed(Exception):
+        pass
+
+    steps = []
+
+    def kill(step, model):
+        steps.append(step)
+        raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(s, str(out), verbose=0, checkpoint_every=checkpoint_every, callback=kill)
+    return steps[0]
+
+
 @pytest.mark.parametrize("make", [spec, head_spec, ard_spec], ids=["set", "head", "head-ard"])
 def test_resume_continues_exactly(tmp_path, make):
     """A run killed after its step-4 checkpoint and restarted ends where an
     uninterrupted run ends (weights, optimizer, step and RNG state are restored)."""
     full, _ = pretrain(make(n_steps=8), str(tmp_path / "full"), verbose=0)
-
-    class Killed(Exception):
-        pass
-
-    killed_at = []
-
-    def kill(step, model):
-        killed_at.append(step)
-        raise Killed
-
-    with pytest.raises(Killed):
-        pretrain(make(n_steps=8), str(tmp_path / "part"), verbose=0, checkpoint_every=4,
-                 callback=kill)
-    assert killed_at == [4]
+    assert killed_at(make(n_steps=8), tmp_path / "part", checkpoint_every=4) == 4
     resumed, _ = pretrain(make(n_steps=8), str(tmp_path / "part"), verbose=0)
     torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
 
@@ -277,20 +281,7 @@ def test_echo_trains_each_batch_for_its_steps_and_resumes_exactly(tmp_path, monk
     assert not torch.equal(seen[0][0], seen[2][0])  # the next batch is a new one
     once, _ = pretrain(ard_spec(n_steps=8), str(tmp_path / "once"), verbose=0)
     assert len(draws) == 12 and not torch.equal(weights(once), weights(full))
-
-    class Killed(Exception):
-        pass
-
-    killed_at = []
-
-    def kill(step, model):
-        killed_at.append(step)
-        raise Killed
-
-    with pytest.raises(Killed):
-        pretrain(ard_spec(n_steps=8, echo=2), str(tmp_path / "part"), verbose=0,
-                 checkpoint_every=3, callback=kill)
-    assert killed_at == [4]
+    assert killed_at(ard_spec(n_steps=8, echo=2), tmp_path / "part", checkpoint_every=3) == 4
     resumed, _ = pretrain(ard_spec(n_steps=8, echo=2), str(tmp_path / "part"), verbose=0)
     torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
 
