@@ -43,9 +43,9 @@ def run(batches, echoes, baseline="ridge", held_out=2):
     """Rows (echo, batches, fresh tasks, steps, held-out loss, seconds); the first row is
     the untrained model."""
     base = ModelConfig(baseline=baseline, **SIZES).spec()
-    prior, pairs, n = _prior(base), train_pairs(base), SIZES["max_context"] + 16
-    g = torch.Generator().manual_seed(12345)
-    tasks = [sample_tasks(prior, 256, n, 10, g, 1, 10, SIZES["max_context"])
+    prior, pairs, cfg, d = _prior(base), train_pairs(base), base["train"], base["max_features"]
+    g = torch.Generator().manual_seed(12345)  # held-out tasks drawn as training draws them
+    tasks = [sample_tasks(prior, 256, cfg["n_points"], d, g, 1, d, cfg["max_context"])
              for _ in range(held_out)]
     model, schedule = build(base)
     rows = [(0, 0, 0, 0, held_out_loss(model, schedule, tasks, pairs), 0.0)]
@@ -59,7 +59,7 @@ def run(batches, echoes, baseline="ridge", held_out=2):
         train(model, schedule, prior, TrainConfig(**spec["train"]), "v", verbose=0,
               pairs=pairs)
         seconds = time.perf_counter() - t0
-        rows.append((echo, n_batches, n_batches * SIZES["batch_size"], steps,
+        rows.append((echo, n_batches, n_batches * cfg["batch_size"], steps,
                      held_out_loss(model, schedule, tasks, pairs), seconds))
         print(f"echo {echo:2d}: {n_batches} batches, {steps} steps, held-out loss "
               f"{rows[-1][4]:.4f} ({seconds:.0f} s)", flush=True)
