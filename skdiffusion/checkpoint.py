@@ -30,11 +30,14 @@ def _atomic(path, write):
             os.remove(tmp)
 
 
-def save_training_state(path, model, optimizer, generator, step, history):
-    """Everything needed to resume: weights, optimizer, step, RNG state, loss history."""
+def save_training_state(path, model, optimizer, generator, step, history, ema=None):
+    """Everything needed to resume: weights, optimizer, step, RNG state, loss history and
+    the weights' moving average (``ema``, an ``AveragedModel``) where one is kept."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "step": step,
              "history": [list(h) for h in history]}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     _atomic(path, lambda p: torch.save(state, open(p, "wb")))
 
 
@@ -54,14 +57,18 @@ def training_state_step(path):
     return int(_read_training_state(path)["step"]) if os.path.exists(path) else 0
 
 
-def load_training_state(path, model, optimizer, generator, rank=0):
+def load_training_state(path, model, optimizer, generator, rank=0, ema=None):
     """Restore a :func:`save_training_state` file; returns (step, history).
 
-    Rank 0 restores its task generator exactly; other ranks reseed from the step.
+    Rank 0 restores its task generator exactly; other ranks reseed from the step. An
+    ``ema`` given restores the file's average, or (a file without one) starts from the
+    restored weights at its next update.
     """
     state = _read_training_state(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
     if rank == 0:
         generator.set_state(state["generator"])
     else:

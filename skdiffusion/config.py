@@ -78,6 +78,10 @@ class ModelConfig:
         echoing"): where drawing tasks and their baseline features costs more than the
         network's step, as for the GP baselines on a CPU, a run of ``n_train_steps`` then
         draws ``echo`` times fewer tasks (docs/functions.md, "Data echoing").
+    ema : float, default=0.0
+        Decay of an exponential moving average of the weights kept in meta-training (0:
+        none); where set, the model is the average (docs/functions.md, "Averaging the
+        weights").
     variance_cap : float, default=10.0
         Largest variance (standardized units of y) of the in-context linear baseline the
         denoiser corrects.
@@ -106,6 +110,7 @@ class ModelConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     echo: int = 1
+    ema: float = 0.0
     variance_cap: float = VARIANCE_CAP
     centred_dof: bool = False
     seed: int = 0
@@ -130,7 +135,7 @@ class ModelConfig:
                      learning_rate=float(self.learning_rate),
                      warmup_steps=max(1, min(500, self.n_train_steps // 10)),
                      n_points=self.max_context + 16, max_context=self.max_context,
-                     seed=self.seed, echo=self.echo)
+                     seed=self.seed, echo=self.echo, ema=float(self.ema))
         head = dict(width=self.head_width, depth=self.head_depth, pairs=self.head_pairs)
         if self.baseline != "ridge":  # absent for ridge: earlier head keys stay valid
             head["baseline"] = self.baseline
@@ -146,6 +151,9 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) \
+                or not 0 <= self.ema < 1:
+            raise ValueError(f"ModelConfig.ema must be a decay in [0, 1), got {self.ema!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"ModelConfig.seed must be a non-negative integer, got {self.seed!r}")
         if self.n_embd % self.n_head:

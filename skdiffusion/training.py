@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_training_state, save_training_state
@@ -63,12 +64,14 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
     echo: int = 1                # optimizer steps per drawn batch, each with fresh (t, noise)
     init: str | None = None      # cache key of a trained model whose weights start the run
+    ema: float = 0.0             # decay of the weights' moving average that is kept (0: off)
 
     def to_dict(self):
-        """The fields as a dict; ``echo`` and ``init`` only where they differ from their
-        defaults, so configurations (and cache keys) from before they existed stay valid."""
+        """The fields as a dict; ``echo``, ``init`` and ``ema`` only where they differ from
+        their defaults, so configurations (and cache keys) from before they existed stay
+        valid."""
         out = asdict(self)
-        for name, default in (("echo", 1), ("init", None)):
+        for name, default in (("echo", 1), ("init", None), ("ema", 0.0)):
             if out[name] == default:
                 del out[name]
         return out
@@ -184,6 +187,12 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     Checkpoints and ``callback`` fall on the end of a batch's steps (``checkpoint_every``
     is rounded up to a multiple of ``echo``), so runs resume as before.
 
+    ``cfg.ema`` > 0 keeps an exponential moving average of the weights, updated after
+    every optimizer step with that decay (``torch.optim.swa_utils.AveragedModel``; the
+    first update copies the weights). ``callback`` is given the average, and ``model``
+    ends holding it; the training checkpoint keeps both, so runs resume exactly, and one
+    written without an average starts it from its weights.
+
     Tasks are drawn on the CPU (deterministic under ``cfg.seed`` and the rank) and moved
     to ``device``. With ``prefetch`` a second thread draws each step's tasks and noise
     and computes their baseline features (half of a CPU step for the GP baseline) while
@@ -200,6 +209,8 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     """
     if cfg.echo < 1:
         raise ValueError(f"echo must be a positive number of steps per batch, got {cfg.echo}")
+    if not 0 <= cfg.ema < 1:
+        raise ValueError(f"ema must be a decay in [0, 1) (0: no average), got {cfg.ema}")
     checkpoint_every = -(-checkpoint_every // cfg.echo) * cfg.echo
     rank = _rank()
     model.to(device)
@@ -207,8 +218,10 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     step, history = 0, []
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
     if checkpoint_path and os.path.exists(checkpoint_path):
-        step, history = load_training_state(checkpoint_path, model, opt, g, rank)
+        step, history = load_training_state(checkpoint_path, model, opt, g, rank, ema)
+    averaged = ema.module if ema else model
     net = DistributedDataParallel(model) if dist.is_available() and dist.is_initialized() else model
     model.train()
     bar = tqdm(total=cfg.n_steps, initial=step, disable=verbose == 0 or rank != 0,
@@ -238,6 +251,8 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
+                if ema:
+                    ema.update_parameters(model)
                 step += 1
                 if step % TRIM_EVERY == 0:
                     release_heap()
@@ -250,15 +265,17 @@ def train(model, schedule, prior, cfg, prediction_type="v", checkpoint_path=None
                 if checkpoint_path:
                     drawn = torch.Generator()  # g as it was after this batch's draws
                     drawn.set_state(g_state)
-                    save_training_state(checkpoint_path, model, opt, drawn, step, history)
+                    save_training_state(checkpoint_path, model, opt, drawn, step, history, ema)
                 if callback is not None:
-                    model.eval()
-                    callback(step, model)
+                    averaged.eval()
+                    callback(step, averaged)
                     model.train()
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)
     bar.close()
+    if ema:
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     return history

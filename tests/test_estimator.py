@@ -243,7 +243,8 @@ def test_shipped_models_load_trained(monkeypatch, name, architecture):
     (dict(prior={"mixture": [("linear", -1)]}), "positive"),
     (dict(prior=("noisy_linear", {"noise": 1})), "bad settings for prior 'noisy_linear'"),
     (dict(architecture="rnn"), "architecture"), (dict(n_layer=0), "n_layer"),
-    (dict(learning_rate="fast"), "learning_rate"), (dict(echo=0), "echo")])
+    (dict(learning_rate="fast"), "learning_rate"), (dict(echo=0), "echo"),
+    (dict(ema=1.0), "ema")])
 def test_model_spec_validates_before_anything_is_built(kw, match):
     with pytest.raises(ValueError, match=match):
         DiffusionICLRegressor(ModelConfig(**kw)).model_spec()

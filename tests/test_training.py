@@ -244,18 +244,56 @@ def test_pretrain_cli_logs_a_learning_curve(tmp_path):
     assert all(r > 0 for line in lines for r in line["ratio"].values())
 
 
-def test_echo_and_init_leave_earlier_configurations_as_they_were(tmp_path):
-    """``echo`` and ``init`` enter a configuration only where set, so the cache keys of
-    models trained before they existed (the shipped ones among them) stay valid."""
-    assert "echo" not in spec()["train"] and "init" not in spec()["train"]
+def test_echo_init_and_ema_leave_earlier_configurations_as_they_were(tmp_path):
+    """``echo``, ``init`` and ``ema`` enter a configuration only where set, so the cache
+    keys of models trained before they existed (the shipped ones among them) stay valid."""
+    assert not {"echo", "init", "ema"} & set(spec()["train"])
     assert spec(echo=3, init="abc")["train"]["echo"] == 3
     from skdiffusion.config import ModelConfig
     from skdiffusion.pretrained import spec_key, trained_directory
-    assert "echo" not in ModelConfig().spec()["train"]
-    assert ModelConfig(echo=4).spec()["train"]["echo"] == 4
+    assert not {"echo", "ema"} & set(ModelConfig().spec()["train"])
+    assert ModelConfig(echo=4, ema=0.9).spec()["train"]["ema"] == 0.9
     assert "weights" in trained_directory(spec_key(ModelConfig().spec()))  # shipped
     with pytest.raises(ValueError, match="echo"):
         pretrain(spec(echo=0), str(tmp_path), verbose=0)
+    with pytest.raises(ValueError, match="ema"):
+        pretrain(spec(ema=1.0), str(tmp_path), verbose=0)
+
+
+def test_ema_writes_the_moving_average_of_the_weights_and_resumes_exactly(tmp_path):
+    """With ``ema`` = a the model is the average of the weights after each step (the first
+    step's weights, then a * average + (1 - a) * weights); averaging leaves the weights'
+    own path unchanged; a killed run resumes to the same average, and a checkpoint
+    written without one starts it from its weights."""
+    a, raw, avg = 0.7, [], []
+
+    def record(step, model):  # the weights trained (from the checkpoint) and the average
+        trained, _ = build(spec(ema=a))
+        trained.load_state_dict(torch.load(tmp_path / "full" / "train_state.pt")["model"])
+        raw.append(weights(trained))
+        avg.append(weights(model))
+
+    full, _ = pretrain(spec(ema=a), str(tmp_path / "full"), verbose=0, checkpoint_every=1,
+                       callback=record)
+    expected = raw[0]
+    assert len(raw) == 6 and torch.equal(avg[0], raw[0])
+    for trained, averaged in zip(raw[1:], avg[1:]):
+        expected = a * expected + (1 - a) * trained
+        torch.testing.assert_close(averaged, expected, rtol=0, atol=1e-6)
+    assert torch.equal(weights(full), avg[-1]) and not torch.allclose(avg[-1], raw[-1])
+    plain, _ = pretrain(spec(), str(tmp_path / "plain"), verbose=0)
+    torch.testing.assert_close(weights(plain), raw[-1], rtol=0, atol=1e-6)
+
+    assert killed_at(spec(ema=a), tmp_path / "part", checkpoint_every=3) == 3
+    resumed, _ = pretrain(spec(ema=a), str(tmp_path / "part"), verbose=0)
+    torch.testing.assert_close(weights(resumed), weights(full), rtol=0, atol=1e-6)
+
+    assert killed_at(spec(), tmp_path / "late", checkpoint_every=3) == 3
+    late, _ = pretrain(spec(ema=a), str(tmp_path / "late"), verbose=0)
+    expected = raw[3]  # the average starts at step 4, the first update after the resume
+    for trained in raw[4:]:
+        expected = a * expected + (1 - a) * trained
+    torch.testing.assert_close(weights(late), expected, rtol=0, atol=1e-6)
 
 
 def test_echo_trains_each_batch_for_its_steps_and_resumes_exactly(tmp_path, monkeypatch):
