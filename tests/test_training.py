@@ -252,7 +252,8 @@ def test_echo_init_and_ema_leave_earlier_configurations_as_they_were(tmp_path):
     from skdiffusion.config import ModelConfig
     from skdiffusion.pretrained import spec_key, trained_directory
     assert not {"echo", "ema"} & set(ModelConfig().spec()["train"])
-    assert ModelConfig(echo=4, ema=0.9).spec()["train"]["ema"] == 0.9
+    train = ModelConfig(echo=4, ema=0.9).spec()["train"]
+    assert train["echo"] == 4 and train["ema"] == 0.9
     assert "weights" in trained_directory(spec_key(ModelConfig().spec()))  # shipped
     with pytest.raises(ValueError, match="echo"):
         pretrain(spec(echo=0), str(tmp_path), verbose=0)
