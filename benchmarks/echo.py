@@ -27,7 +27,7 @@ from skdiffusion.pretrained import _prior, build, train_pairs
 from skdiffusion.priors import sample_tasks
 from skdiffusion.training import TrainConfig, diffusion_loss, train
 
-SIZES = dict(n_layer=2, n_embd=64, max_context=32, batch_size=64, learning_rate=1e-3)
+SIZES = dict(n_layer=2, n_embd=64, max_context=32, batch_size=64, learning_rate=1e-3, ema=0.0)
 
 
 def held_out_loss(model, schedule, tasks, pairs):

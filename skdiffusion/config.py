@@ -41,10 +41,10 @@ class ModelConfig:
         functions, additive curves and linear functions, with Gaussian, heteroscedastic,
         heavy-tailed, skewed or bimodal noise, on mixed-type inputs
         (:class:`skdiffusion.priors.Functions`; ``"functions"`` alone has 15 % linear
-        functions). The previous default model used
+        functions). The earlier linear model (``model="linear"``, shipped too) used
         ``("noisy_linear", {"noise_range": (0.01, 5.0)})``, ``architecture="set"``,
-        ``baseline="ridge"``, ``n_train_steps=5500`` and ``batch_size=512``; its weights
-        are shipped too.
+        ``baseline="ridge"``, ``n_train_steps=5500``, ``batch_size=512``, ``echo=1`` and
+        ``ema=0``.
     max_features : int, default=10
         Largest number of features the denoiser accepts.
     max_context : int, default=128
@@ -73,12 +73,12 @@ class ModelConfig:
         What the network predicts.
     n_train_steps, batch_size, learning_rate : default=8000, 128, 1e-3
         Meta-training optimizer steps, tasks per step and peak AdamW learning rate.
-    echo : int, default=1
+    echo : int, default=16
         Optimizer steps per drawn batch of tasks, each with fresh diffusion noise ("data
         echoing"): where drawing tasks and their baseline features costs more than the
         network's step, as for the GP baselines on a CPU, a run of ``n_train_steps`` then
-        draws ``echo`` times fewer tasks (docs/functions.md, "Data echoing").
-    ema : float, default=0.0
+        draws ``echo`` times fewer tasks (docs/functions.md, "Data echoing"); 1: none.
+    ema : float, default=0.999
         Decay of an exponential moving average of the weights kept in meta-training (0:
         none); where set, the model is the average (docs/functions.md, "Averaging the
         weights").
@@ -109,8 +109,8 @@ class ModelConfig:
     n_train_steps: int = 8000
     batch_size: int = 128
     learning_rate: float = 1e-3
-    echo: int = 1
-    ema: float = 0.0
+    echo: int = 16
+    ema: float = 0.999
     variance_cap: float = VARIANCE_CAP
     centred_dof: bool = False
     seed: int = 0
@@ -191,7 +191,7 @@ def named_model(name):
     if name == "linear":
         return ModelConfig(prior=("noisy_linear", {"noise_range": (0.01, 5.0)}),
                            architecture="set", baseline="ridge", n_train_steps=5500,
-                           batch_size=512)
+                           batch_size=512, echo=1, ema=0.0)
     return None
 
 

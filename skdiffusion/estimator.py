@@ -451,7 +451,8 @@ def _upgrade_state(state):
     if not old:
         return state
     state = {k: v for k, v in state.items() if k not in old}
-    config = ModelConfig(**{"architecture": "set", "baseline": "ridge", **old})  # it had no head
+    config = ModelConfig(**{"architecture": "set", "baseline": "ridge", "echo": 1, "ema": 0.0,
+                           **old})  # it had no head, echoing or average
     state["model"] = "linear" if config == named_model("linear") else config  # its default
     state.setdefault("allow_training", False)
     return state

@@ -13,7 +13,7 @@ from skdiffusion import ModelConfig  # noqa: E402
 # shares one trained denoiser through the in-memory cache.
 TINY_MODEL = dict(prior=("noisy_linear", {"noise_range": (0.01, 5.0)}), architecture="set",
                   baseline="ridge", max_features=10, max_context=64, n_layer=2, n_embd=32,
-                  n_head=2, timesteps=20, n_train_steps=1000, batch_size=32)
+                  n_head=2, timesteps=20, n_train_steps=1000, batch_size=32, echo=1, ema=0.0)
 TINY = dict(model=ModelConfig(**TINY_MODEL), sampler="ddim", n_sampling_steps=5, n_samples=16,
             allow_training=True)
 # the encoder + diffusion-head architecture, trained briefly (it starts at the baseline)

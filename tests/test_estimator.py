@@ -323,7 +323,7 @@ def test_opted_in_training_checkpoints_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("SKDIFFUSION_CACHE", str(tmp_path))
     monkeypatch.setattr(pretrained, "CHECKPOINT_SECONDS", 0)  # checkpoint every step
     config = ModelConfig(max_features=2, max_context=8, n_layer=1, n_embd=8, n_head=2,
-                         timesteps=10, n_train_steps=6, batch_size=4)
+                         timesteps=10, n_train_steps=6, batch_size=4, echo=1, ema=0.0)
     key = pretrained.spec_key(config.spec())
     X, y = linear_data(n=20, d=2)
     real_train = pretrained.train

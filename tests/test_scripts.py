@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = dict(max_features=10, max_context=16, n_layer=1, n_embd=16, n_head=2, timesteps=20,
-             n_train_steps=4, batch_size=4, architecture="head", head_width=8)
+             n_train_steps=4, batch_size=4, architecture="head", head_width=8, ema=0.0)
 
 
 def run(*args, cwd=ROOT):

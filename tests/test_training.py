@@ -172,7 +172,8 @@ def test_model_files_round_trip_and_reject_damage(tmp_path):
 def test_torchrun_two_processes_stay_in_sync_and_resume(tmp_path):
     out = tmp_path / "ddp"
     config = dict(max_features=3, max_context=6, n_layer=1, n_embd=16, n_head=2, timesteps=20,
-                  n_train_steps=4, batch_size=4, variance_cap=50, centred_dof=True)
+                  n_train_steps=4, batch_size=4, variance_cap=50, centred_dof=True, echo=1,
+                  ema=0.0)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "skdiffusion", "pretrain", "--out", str(out), "--config", json.dumps(config),
            "--checkpoint-every", "2"]
@@ -235,7 +236,7 @@ def test_training_hands_freed_heap_back_every_few_steps(tmp_path, monkeypatch):
 def test_pretrain_cli_logs_a_learning_curve(tmp_path):
     """``--curve`` appends the posterior-mean ratios of each checkpoint to curve.jsonl."""
     config = dict(n_train_steps=2, max_features=3, n_layer=1, n_embd=16, n_head=2,
-                  timesteps=20, batch_size=4)
+                  timesteps=20, batch_size=4, echo=1, ema=0.0)
     subprocess.run([sys.executable, "-m", "skdiffusion", "pretrain", "--config",
                     json.dumps(config), "--out", str(tmp_path), "--curve",
                     "--checkpoint-every", "1"], check=True, capture_output=True)
@@ -249,12 +250,17 @@ def test_echo_init_and_ema_leave_earlier_configurations_as_they_were(tmp_path):
     keys of models trained before they existed (the shipped ones among them) stay valid."""
     assert not {"echo", "init", "ema"} & set(spec()["train"])
     assert spec(echo=3, init="abc")["train"]["echo"] == 3
-    from skdiffusion.config import ModelConfig
+    from skdiffusion.config import ModelConfig, named_model
     from skdiffusion.pretrained import spec_key, trained_directory
-    assert not {"echo", "ema"} & set(ModelConfig().spec()["train"])
+    earlier = ModelConfig(echo=1, ema=0.0)  # the previous default
+    assert not {"echo", "ema"} & set(earlier.spec()["train"])
+    assert spec_key(earlier.spec()) == "699e4727b8b33153"
     train = ModelConfig(echo=4, ema=0.9).spec()["train"]
     assert train["echo"] == 4 and train["ema"] == 0.9
-    assert "weights" in trained_directory(spec_key(ModelConfig().spec()))  # shipped
+    assert ModelConfig().spec()["train"]["echo"] == 16  # the default trains with both
+    assert ModelConfig().spec()["train"]["ema"] == 0.999
+    for shipped in ("default", "linear"):
+        assert "weights" in trained_directory(spec_key(named_model(shipped).spec()))
     with pytest.raises(ValueError, match="echo"):
         pretrain(spec(echo=0), str(tmp_path), verbose=0)
     with pytest.raises(ValueError, match="ema"):

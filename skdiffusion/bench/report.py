@@ -198,8 +198,9 @@ variance / n) subtracted. Bayes = exact posterior mean with the true noise (know
 a lower bound for noisy_linear, where sigma varies per task). Baselines are fitted on each
 task's context only. Families: linear (noise 0.1), noisy_linear (noise std log-uniform in
 [0.01, 5]), sparse_linear (3 non-zero weights), relu_net (100 hidden units), decision_tree
-(depth 4); see `skdiffusion/bench/tasks.py`. The shipped default was meta-trained on
-noisy_linear tasks only, so the last three are out of its training distribution.
+(depth 4); see `skdiffusion/bench/tasks.py`. The shipped default was meta-trained on the
+`functions` prior (GP draws, random MLPs, step functions, additive and linear functions);
+`"linear"` on noisy_linear tasks only, for which the last three are out of distribution.
 """
 
 ROBUST_INTRO = """## Robustness: prompts unlike training
