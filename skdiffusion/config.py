@@ -184,7 +184,7 @@ FIELDS = tuple(f.name for f in fields(ModelConfig))
 
 def named_model(name):
     """The configuration of a model shipped with the package, by name, or None:
-    ``"default"`` (``ModelConfig()``), or ``"linear"``, the previous default (a set
+    ``"default"`` (``ModelConfig()``), or ``"linear"``, an earlier default (a set
     denoiser correcting in-context ridge fits, meta-trained on noisy linear tasks)."""
     if name == "default":
         return ModelConfig()

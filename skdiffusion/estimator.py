@@ -44,8 +44,8 @@ class DiffusionICLRegressor(RegressorMixin, BaseEstimator):
     ----------
     model : "default", "linear", str or ModelConfig, default="default"
         The meta-trained model: ``"default"`` (shipped: meta-trained on nonlinear
-        functions, correcting an in-context GP model average), ``"linear"`` (shipped: the
-        previous default, meta-trained on noisy linear tasks), the path of a model
+        functions, correcting an in-context GP model average), ``"linear"`` (shipped: an
+        earlier default, meta-trained on noisy linear tasks), the path of a model
         directory written by ``python -m skdiffusion pretrain`` (``config.json`` and
         ``model.safetensors``), or a :class:`~skdiffusion.ModelConfig`, whose trained
         denoiser is looked up in the cache ``$SKDIFFUSION_CACHE`` (default
